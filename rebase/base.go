@@ -1,0 +1,70 @@
+// Package rebase computes a rebase plan: the pure decision of what an image
+// becomes when its base is swapped. It reads no registry; it takes documents
+// already fetched and returns a Plan, a value that can be printed, tested and
+// applied by the engine.
+package rebase
+
+import (
+	"encoding/json"
+	"fmt"
+
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+
+	"github.com/image-rebase/image-rebase/manifest"
+)
+
+// Base is the part of an image below the application: the bottom layers,
+// their diff_ids and history entries, and the base image's config.
+type Base struct {
+	// Ref names the base as the user or the image gave it.
+	Ref string
+	// Digest is the base manifest's digest; zero when the base was derived
+	// from the application image itself (its manifest may be gone).
+	Digest v1.Hash
+	// Family is the base manifest's media-type family.
+	Family manifest.Family
+	// Layers are the base's layer descriptors, bottom first.
+	Layers []v1.Descriptor
+	// Config is the base's config. For a base derived from an image it holds
+	// only what the image tells of it.
+	Config *v1.ConfigFile
+	// RawHistory holds the base's history entries exactly as stored.
+	RawHistory []json.RawMessage
+}
+
+// BaseFromImage takes a whole image as a base.
+func BaseFromImage(img *manifest.Image) (*Base, error) {
+	hist, err := RawHistory(img.RawConfig)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", img.Ref, err)
+	}
+	if err := checkLayerCount(img); err != nil {
+		return nil, err
+	}
+	return &Base{
+		Ref:        img.Ref,
+		Digest:     img.Descriptor.Digest,
+		Family:     img.Family,
+		Layers:     img.Manifest.Layers,
+		Config:     img.Config,
+		RawHistory: hist,
+	}, nil
+}
+
+// RawHistory returns the history entries of a raw config, unchanged.
+func RawHistory(rawConfig []byte) ([]json.RawMessage, error) {
+	var c struct {
+		History []json.RawMessage `json:"history"`
+	}
+	if err := json.Unmarshal(rawConfig, &c); err != nil {
+		return nil, fmt.Errorf("decoding config history: %w", err)
+	}
+	return c.History, nil
+}
+
+func checkLayerCount(img *manifest.Image) error {
+	if n, d := len(img.Manifest.Layers), len(img.Config.RootFS.DiffIDs); n != d {
+		return fmt.Errorf("%s: manifest lists %d layers but config lists %d diff_ids", img.Ref, n, d)
+	}
+	return nil
+}
