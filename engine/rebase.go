@@ -1,0 +1,252 @@
+package engine
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/types"
+
+	"github.com/image-rebase/image-rebase/manifest"
+	"github.com/image-rebase/image-rebase/rebase"
+)
+
+// Request is one rebase to run.
+type Request struct {
+	// Image is the application image.
+	Image Location
+	// From is the old base.
+	From Location
+	// To is the new base.
+	To Location
+	// Target is where the result is written; its Repo must be a
+	// WritableRepo unless DryRun is set. Usually Image itself.
+	Target Location
+	// DryRun computes the plan and writes nothing.
+	DryRun bool
+	// Force overwrites a target tag that names another image, and skips the
+	// lost-update check.
+	Force bool
+	// AllowCopy lets blobs that cannot be mounted be streamed.
+	AllowCopy bool
+}
+
+// Action says what a rebase did.
+type Action string
+
+// Actions of a Result.
+const (
+	// Rebased: the new image was written.
+	Rebased Action = "rebased"
+	// UpToDate: the image already sits on the new base; nothing written.
+	UpToDate Action = "up-to-date"
+	// WouldRebase: a dry run found that a rebase is needed.
+	WouldRebase Action = "would-rebase"
+)
+
+// Result is the outcome of a rebase.
+type Result struct {
+	Action Action `json:"action"`
+	// Image and Target name the source image and where the result went.
+	Image  string `json:"image"`
+	Target string `json:"target"`
+	// Before is the image's manifest digest; After the result's (equal to
+	// Before when up to date).
+	Before v1.Hash `json:"before"`
+	After  v1.Hash `json:"after"`
+	// Replaced is the digest the target tag named before it was moved, if
+	// it existed.
+	Replaced    *v1.Hash         `json:"replaced,omitempty"`
+	OldBase     rebase.BaseRef   `json:"oldBase"`
+	NewBase     rebase.BaseRef   `json:"newBase"`
+	Transferred Transferred      `json:"transferred"`
+	Warnings    []rebase.Warning `json:"warnings"`
+	// Plan is the full plan, for --dry-run and -v.
+	Plan *rebase.Plan `json:"plan,omitempty"`
+}
+
+// TargetExistsError reports a target tag that names another image.
+type TargetExistsError struct {
+	Target string
+	Digest v1.Hash
+}
+
+// Error suggests --force.
+func (e *TargetExistsError) Error() string {
+	return fmt.Sprintf("target %s already exists (%s) and is not the image being rebased; pass --force to overwrite it", e.Target, e.Digest)
+}
+
+// Rebase reads the image and both bases, plans the rebase and, unless it is
+// up to date or a dry run, writes the result.
+func Rebase(ctx context.Context, req Request) (*Result, error) {
+	locs := []Location{req.Image, req.From, req.To}
+	imgs := make([]*manifest.Image, len(locs))
+	errs := make([]error, len(locs))
+	var wg sync.WaitGroup
+	for i, loc := range locs {
+		wg.Go(func() { imgs[i], errs[i] = FetchImage(ctx, loc) })
+	}
+	wg.Wait()
+	// Report the first failure only: the others usually share its cause
+	// (an unreachable registry, missing credentials).
+	for _, err := range errs {
+		if err != nil {
+			return nil, err
+		}
+	}
+	img := imgs[0]
+	old, err := rebase.BaseFromImage(imgs[1])
+	if err != nil {
+		return nil, err
+	}
+	nw, err := rebase.BaseFromImage(imgs[2])
+	if err != nil {
+		return nil, err
+	}
+	plan, err := rebase.New(rebase.Input{Image: img, Old: old, New: nw})
+	if err != nil {
+		return nil, err
+	}
+	return Apply(ctx, req, plan)
+}
+
+// FetchImage reads a single-platform image: its manifest, then its config.
+func FetchImage(ctx context.Context, loc Location) (*manifest.Image, error) {
+	desc, raw, err := loc.Repo.Manifest(ctx, loc.ID())
+	if err != nil {
+		return nil, err
+	}
+	m, fam, err := manifest.ParseImageManifest(loc.String(), desc.MediaType, raw)
+	if err != nil {
+		return nil, err
+	}
+	if m.Config.MediaType != "" && m.Config.MediaType != types.OCIConfigJSON && m.Config.MediaType != types.DockerConfigJSON {
+		return nil, &manifest.UnsupportedError{Ref: loc.String(), Kind: manifest.KindArtifact, MediaType: m.Config.MediaType}
+	}
+	rawCfg, err := loc.Repo.Blob(ctx, m.Config)
+	if err != nil {
+		return nil, err
+	}
+	cfg, err := manifest.ParseConfig(loc.String(), rawCfg)
+	if err != nil {
+		return nil, err
+	}
+	return &manifest.Image{
+		Ref:         loc.String(),
+		Descriptor:  desc,
+		RawManifest: raw,
+		Manifest:    m,
+		Family:      fam,
+		RawConfig:   rawCfg,
+		Config:      cfg,
+	}, nil
+}
+
+// Apply writes a plan to req.Target: the blobs the target lacks (mounted),
+// the config, then the manifest. Nothing is written for an up-to-date plan
+// or a dry run.
+func Apply(ctx context.Context, req Request, plan *rebase.Plan) (*Result, error) {
+	res := &Result{
+		Image:    req.Image.String(),
+		Target:   req.Target.String(),
+		Before:   plan.ImageDigest,
+		After:    plan.ManifestDescriptor.Digest,
+		OldBase:  plan.OldBase,
+		NewBase:  plan.NewBase,
+		Warnings: plan.Warnings,
+		Plan:     plan,
+	}
+	switch {
+	case plan.UpToDate:
+		res.Action, res.After = UpToDate, plan.ImageDigest
+		return res, nil
+	case req.DryRun:
+		res.Action = WouldRebase
+		return res, nil
+	}
+	target, ok := req.Target.Repo.(WritableRepo)
+	if !ok {
+		return nil, fmt.Errorf("%s cannot be written to", req.Target.Repo.Name())
+	}
+	if req.Target.Tag != "" {
+		cur, exists, err := target.Resolve(ctx, req.Target.Tag)
+		if err != nil {
+			return nil, err
+		}
+		if exists {
+			if cur != plan.ImageDigest && !req.Force {
+				if req.Target.String() == req.Image.String() {
+					return nil, fmt.Errorf("%s moved to %s since it was read (someone pushed meanwhile); nothing written, rerun to rebase the new image or pass --force", req.Target, cur)
+				}
+				return nil, &TargetExistsError{Target: req.Target.String(), Digest: cur}
+			}
+			res.Replaced = &cur
+		}
+	}
+
+	groups := missingBlobs(req, plan)
+	var wg sync.WaitGroup
+	errs := make([]error, len(groups)+1)
+	reports := make([]Transferred, len(groups))
+	for i, g := range groups {
+		wg.Go(func() { reports[i], errs[i] = target.Transfer(ctx, g.src, g.blobs, req.AllowCopy) })
+	}
+	wg.Go(func() { errs[len(groups)] = target.PutBlob(ctx, plan.ConfigDescriptor, plan.Config) })
+	wg.Wait()
+	for _, r := range reports {
+		res.Transferred = res.Transferred.Add(r)
+	}
+	if err := errors.Join(errs...); err != nil {
+		return nil, fmt.Errorf("nothing written to %s: %w", req.Target, err)
+	}
+	if err := target.PutManifest(ctx, req.Target.Tag, plan.ManifestDescriptor, plan.Manifest); err != nil {
+		return nil, err
+	}
+	res.Action = Rebased
+	return res, nil
+}
+
+type blobGroup struct {
+	src   Repo
+	blobs []v1.Descriptor
+}
+
+// missingBlobs lists the result's layers that the target repository may
+// lack, grouped by the repository to mount them from. Layers the target
+// already references (the image's own, when writing in place) are skipped,
+// and so are foreign layers, which are never pushed.
+func missingBlobs(req Request, plan *rebase.Plan) []blobGroup {
+	present := map[v1.Hash]bool{}
+	targetName := req.Target.Repo.Name()
+	if req.Image.Repo.Name() == targetName {
+		for _, l := range plan.Removed {
+			present[l.Digest] = true
+		}
+		for _, l := range plan.Kept {
+			present[l.Digest] = true
+		}
+	}
+	if req.To.Repo.Name() == targetName {
+		for _, l := range plan.Added {
+			present[l.Digest] = true
+		}
+	}
+	var groups []blobGroup
+	add := func(src Repo, layers []v1.Descriptor) {
+		g := blobGroup{src: src}
+		for _, l := range layers {
+			if !present[l.Digest] && !manifest.IsForeign(l) {
+				present[l.Digest] = true
+				g.blobs = append(g.blobs, l)
+			}
+		}
+		if len(g.blobs) > 0 {
+			groups = append(groups, g)
+		}
+	}
+	add(req.To.Repo, plan.Added)
+	add(req.Image.Repo, plan.Kept)
+	return groups
+}

@@ -1,0 +1,226 @@
+// Package registry gives the engine access to container registries through
+// go-containerregistry: references, credentials from the Docker and Podman
+// config files and credential helpers, TLS, retries, and the few requests
+// the rebase needs (manifest and config reads, blob mounts, small uploads,
+// manifest writes). It never moves layer bytes unless told to.
+package registry
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/google/go-containerregistry/pkg/authn"
+	"github.com/google/go-containerregistry/pkg/name"
+	"github.com/google/go-containerregistry/pkg/v1/remote/transport"
+)
+
+// Options configure a Client.
+type Options struct {
+	// Keychain resolves credentials; authn.DefaultKeychain when nil (the
+	// Docker config, Podman's auth.json and their credential helpers).
+	Keychain authn.Keychain
+	// Insecure lists registries ("host:port") reached over plain HTTP or
+	// with unverified TLS; "*" means every registry.
+	Insecure []string
+	// Log receives one line per HTTP request when non-nil (-v). Secrets are
+	// never written: no headers, no query strings.
+	Log io.Writer
+	// Transport is the base transport; http.DefaultTransport when nil.
+	Transport http.RoundTripper
+	// UserAgent is sent with every request.
+	UserAgent string
+}
+
+// Client reaches registries. It pings each registry once and shares one
+// authenticated transport per registry across every repository it touches.
+type Client struct {
+	opts Options
+
+	mu     sync.Mutex
+	scopes map[string][]string // registry → scopes asked so far
+	regs   map[string]*regConn
+}
+
+type regConn struct {
+	once sync.Once
+	rt   http.RoundTripper
+	err  error
+}
+
+// New returns a Client.
+func New(opts Options) *Client {
+	if opts.Keychain == nil {
+		opts.Keychain = authn.DefaultKeychain
+	}
+	if opts.Transport == nil {
+		opts.Transport = http.DefaultTransport
+	}
+	if opts.UserAgent == "" {
+		opts.UserAgent = "image-rebase"
+	}
+	return &Client{opts: opts, scopes: map[string][]string{}, regs: map[string]*regConn{}}
+}
+
+// IsInsecure reports whether reg may be reached without verified TLS.
+func (c *Client) IsInsecure(reg string) bool {
+	return slices.Contains(c.opts.Insecure, "*") || slices.Contains(c.opts.Insecure, reg)
+}
+
+// nameOptions are the options to parse references for registry reg.
+func (c *Client) nameOptions(defaultRegistry string) []name.Option {
+	var opts []name.Option
+	if defaultRegistry != "" {
+		opts = append(opts, name.WithDefaultRegistry(defaultRegistry))
+	}
+	return opts
+}
+
+// addScope records that the transport for reg must cover scope. Scopes are
+// gathered before the first request so that one token serves them all.
+func (c *Client) addScope(reg, scope string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if !slices.Contains(c.scopes[reg], scope) {
+		c.scopes[reg] = append(c.scopes[reg], scope)
+	}
+}
+
+// transport returns the authenticated transport of a registry, pinging it
+// on first use only.
+func (c *Client) transport(ctx context.Context, reg name.Registry) (http.RoundTripper, error) {
+	c.mu.Lock()
+	rc, ok := c.regs[reg.RegistryStr()]
+	if !ok {
+		rc = &regConn{}
+		c.regs[reg.RegistryStr()] = rc
+	}
+	scopes := slices.Clone(c.scopes[reg.RegistryStr()])
+	c.mu.Unlock()
+
+	rc.once.Do(func() {
+		auth, err := c.opts.Keychain.Resolve(reg)
+		if err != nil {
+			rc.err = fmt.Errorf("reading credentials for %s: %w", reg.RegistryStr(), err)
+			return
+		}
+		base := c.opts.Transport
+		if c.IsInsecure(reg.RegistryStr()) {
+			base = insecureTransport(base)
+		}
+		if c.opts.Log != nil {
+			base = &logTransport{inner: base, w: c.opts.Log}
+		}
+		base = transport.NewRetry(base,
+			transport.WithRetryBackoff(transport.Backoff{Duration: 200 * time.Millisecond, Factor: 2, Jitter: 0.2, Steps: 4}),
+			transport.WithRetryStatusCodes(http.StatusRequestTimeout, http.StatusInternalServerError, http.StatusBadGateway,
+				http.StatusServiceUnavailable, http.StatusGatewayTimeout, http.StatusTooManyRequests))
+		base = transport.NewUserAgent(base, c.opts.UserAgent)
+		rt, err := transport.NewWithContext(ctx, reg, auth, base, scopes)
+		if err != nil {
+			rc.err = &AccessError{Op: "connecting to", Ref: reg.RegistryStr(), Err: err}
+			return
+		}
+		rc.rt = rt
+	})
+	return rc.rt, rc.err
+}
+
+func insecureTransport(base http.RoundTripper) http.RoundTripper {
+	t, ok := base.(*http.Transport)
+	if !ok {
+		return base
+	}
+	t = t.Clone()
+	if t.TLSClientConfig == nil {
+		t.TLSClientConfig = &tls.Config{}
+	}
+	t.TLSClientConfig.InsecureSkipVerify = true //nolint:gosec // only for registries the user named with --insecure
+	return t
+}
+
+// logTransport writes one line per request: method, URL without query
+// string, status and duration. Headers are never written.
+type logTransport struct {
+	inner http.RoundTripper
+	w     io.Writer
+	mu    sync.Mutex
+}
+
+func (l *logTransport) RoundTrip(r *http.Request) (*http.Response, error) {
+	start := time.Now()
+	resp, err := l.inner.RoundTrip(r)
+	u := *r.URL
+	u.RawQuery, u.User, u.Fragment = "", nil, ""
+	status := "error"
+	if err != nil {
+		status = "error: " + redactURLs(err.Error())
+	} else {
+		status = resp.Status
+	}
+	l.mu.Lock()
+	fmt.Fprintf(l.w, "%s %s -> %s (%s)\n", r.Method, u.String(), status, time.Since(start).Round(time.Millisecond))
+	l.mu.Unlock()
+	return resp, err
+}
+
+// redactURLs drops query strings from URLs inside an error text, where
+// signed redirect URLs may carry credentials.
+func redactURLs(s string) string {
+	fields := strings.Fields(s)
+	for i, f := range fields {
+		if strings.Contains(f, "://") {
+			if j := strings.IndexByte(f, '?'); j >= 0 {
+				fields[i] = f[:j] + "?…"
+			}
+		}
+	}
+	return strings.Join(fields, " ")
+}
+
+// AccessError is a failure to reach or use a registry: network, TLS,
+// authentication, a missing repository or tag.
+type AccessError struct {
+	// Op says what was being done, e.g. "reading manifest".
+	Op string
+	// Ref names what was accessed.
+	Ref string
+	// Err is the cause.
+	Err error
+}
+
+// Error renders "Op Ref: cause".
+func (e *AccessError) Error() string {
+	return fmt.Sprintf("%s %s: %s", e.Op, e.Ref, describe(e.Err))
+}
+
+// Unwrap returns the cause.
+func (e *AccessError) Unwrap() error { return e.Err }
+
+// describe shortens go-containerregistry's errors to one line.
+func describe(err error) string {
+	var te *transport.Error
+	if errors.As(err, &te) {
+		switch te.StatusCode {
+		case http.StatusUnauthorized:
+			return "authentication failed (401): check the credentials in your Docker/Podman config"
+		case http.StatusForbidden:
+			return "access denied (403)"
+		case http.StatusNotFound:
+			return "not found (404)"
+		}
+		if len(te.Errors) > 0 {
+			d := te.Errors[0]
+			return fmt.Sprintf("%s (%d %s)", d.Message, te.StatusCode, d.Code)
+		}
+		return fmt.Sprintf("unexpected status %d", te.StatusCode)
+	}
+	return strings.ReplaceAll(redactURLs(err.Error()), "\n", " ")
+}

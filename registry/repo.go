@@ -1,0 +1,347 @@
+package registry
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"strings"
+
+	"github.com/google/go-containerregistry/pkg/name"
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/remote"
+	"github.com/google/go-containerregistry/pkg/v1/remote/transport"
+
+	"github.com/image-rebase/image-rebase/engine"
+	"github.com/image-rebase/image-rebase/manifest"
+)
+
+// Repo is a repository in a registry. It implements engine.WritableRepo.
+type Repo struct {
+	c    *Client
+	repo name.Repository
+}
+
+var _ engine.WritableRepo = (*Repo)(nil)
+
+// Parse turns a reference into a location. A reference without a registry
+// host belongs to defaultRegistry (the REGISTRY argument of the classic
+// form) when it is set, else to Docker Hub. write asks for push access.
+func (c *Client) Parse(ref, defaultRegistry string, write bool) (engine.Location, error) {
+	opts := c.nameOptions(defaultRegistry)
+	if defaultRegistry != "" && c.IsInsecure(defaultRegistry) {
+		opts = append(opts, name.Insecure)
+	}
+	r, err := name.ParseReference(ref, opts...)
+	if err != nil {
+		return engine.Location{}, fmt.Errorf("invalid reference %q: %w", ref, err)
+	}
+	if c.IsInsecure(r.Context().RegistryStr()) {
+		r, err = name.ParseReference(r.String(), append(opts, name.Insecure)...)
+		if err != nil {
+			return engine.Location{}, fmt.Errorf("invalid reference %q: %w", ref, err)
+		}
+	}
+	scope := r.Context().Scope(transport.PullScope)
+	if write {
+		scope = r.Context().Scope(transport.PushScope)
+	}
+	c.addScope(r.Context().RegistryStr(), scope)
+	loc := engine.Location{Repo: &Repo{c: c, repo: r.Context()}}
+	switch r := r.(type) {
+	case name.Digest:
+		loc.Digest = r.DigestStr()
+	case name.Tag:
+		loc.Tag = r.TagStr()
+	}
+	return loc, nil
+}
+
+// Name returns "host/repository".
+func (r *Repo) Name() string { return r.repo.Name() }
+
+// Registry returns the registry host.
+func (r *Repo) Registry() string { return r.repo.RegistryStr() }
+
+func (r *Repo) ref(id string) (name.Reference, error) {
+	if strings.Contains(id, ":") {
+		return r.repo.Digest(id), nil
+	}
+	return r.repo.Tag(id), nil
+}
+
+func (r *Repo) options(ctx context.Context) ([]remote.Option, error) {
+	rt, err := r.c.transport(ctx, r.repo.Registry)
+	if err != nil {
+		return nil, err
+	}
+	return []remote.Option{remote.WithTransport(rt), remote.WithContext(ctx)}, nil
+}
+
+// Manifest fetches a manifest by tag or digest.
+func (r *Repo) Manifest(ctx context.Context, id string) (v1.Descriptor, []byte, error) {
+	ref, err := r.ref(id)
+	if err != nil {
+		return v1.Descriptor{}, nil, err
+	}
+	opts, err := r.options(ctx)
+	if err != nil {
+		return v1.Descriptor{}, nil, err
+	}
+	d, err := remote.Get(ref, opts...)
+	if err != nil {
+		return v1.Descriptor{}, nil, &AccessError{Op: "reading manifest", Ref: ref.Name(), Err: err}
+	}
+	if d.Size > manifest.MaxDocumentSize {
+		return v1.Descriptor{}, nil, fmt.Errorf("manifest %s is %d bytes, over the %d byte limit", ref.Name(), d.Size, manifest.MaxDocumentSize)
+	}
+	return d.Descriptor, d.Manifest, nil
+}
+
+// Blob fetches a small blob and checks its digest.
+func (r *Repo) Blob(ctx context.Context, d v1.Descriptor) ([]byte, error) {
+	ref := r.repo.Digest(d.Digest.String())
+	if d.Size > manifest.MaxDocumentSize {
+		return nil, fmt.Errorf("blob %s is %d bytes, over the %d byte limit for configs", ref.Name(), d.Size, manifest.MaxDocumentSize)
+	}
+	opts, err := r.options(ctx)
+	if err != nil {
+		return nil, err
+	}
+	l, err := remote.Layer(ref, opts...)
+	if err != nil {
+		return nil, &AccessError{Op: "reading blob", Ref: ref.Name(), Err: err}
+	}
+	rc, err := l.Compressed()
+	if err != nil {
+		return nil, &AccessError{Op: "reading blob", Ref: ref.Name(), Err: err}
+	}
+	defer rc.Close()
+	b, err := io.ReadAll(io.LimitReader(rc, manifest.MaxDocumentSize+1))
+	if err != nil {
+		return nil, &AccessError{Op: "reading blob", Ref: ref.Name(), Err: err}
+	}
+	if int64(len(b)) != d.Size {
+		return nil, fmt.Errorf("blob %s: got %d bytes, descriptor says %d", ref.Name(), len(b), d.Size)
+	}
+	if h, _, _ := v1.SHA256(bytes.NewReader(b)); h != d.Digest {
+		return nil, fmt.Errorf("blob %s: content digest is %s", ref.Name(), h)
+	}
+	return b, nil
+}
+
+// Resolve returns the digest a tag names now.
+func (r *Repo) Resolve(ctx context.Context, tag string) (v1.Hash, bool, error) {
+	opts, err := r.options(ctx)
+	if err != nil {
+		return v1.Hash{}, false, err
+	}
+	d, err := remote.Head(r.repo.Tag(tag), opts...)
+	if err != nil {
+		var te *transport.Error
+		if errors.As(err, &te) && te.StatusCode == http.StatusNotFound {
+			return v1.Hash{}, false, nil
+		}
+		return v1.Hash{}, false, &AccessError{Op: "checking tag", Ref: r.repo.Tag(tag).Name(), Err: err}
+	}
+	return d.Digest, true, nil
+}
+
+// PutManifest writes a manifest under a tag, or by its digest.
+func (r *Repo) PutManifest(ctx context.Context, tag string, d v1.Descriptor, raw []byte) error {
+	opts, err := r.options(ctx)
+	if err != nil {
+		return err
+	}
+	var ref name.Reference = r.repo.Digest(d.Digest.String())
+	if tag != "" {
+		ref = r.repo.Tag(tag)
+	}
+	if err := remote.Put(ref, &remote.Descriptor{Descriptor: d, Manifest: raw}, opts...); err != nil {
+		return &AccessError{Op: "writing manifest", Ref: ref.Name(), Err: err}
+	}
+	return nil
+}
+
+// PutBlob uploads a small blob in two requests (POST, then PUT with the
+// content).
+func (r *Repo) PutBlob(ctx context.Context, d v1.Descriptor, data []byte) error {
+	return r.upload(ctx, d, bytes.NewReader(data))
+}
+
+func (r *Repo) upload(ctx context.Context, d v1.Descriptor, body io.Reader) error {
+	loc, _, err := r.startUpload(ctx, "", "")
+	if err != nil {
+		return err
+	}
+	u, err := url.Parse(loc)
+	if err != nil {
+		return fmt.Errorf("upload location %q: %w", loc, err)
+	}
+	q := u.Query()
+	q.Set("digest", d.Digest.String())
+	u.RawQuery = q.Encode()
+	req, err := http.NewRequestWithContext(ctx, http.MethodPut, u.String(), body)
+	if err != nil {
+		return err
+	}
+	req.ContentLength = d.Size
+	req.Header.Set("Content-Type", "application/octet-stream")
+	resp, err := r.do(ctx, req)
+	if err != nil {
+		return &AccessError{Op: "uploading blob", Ref: r.repo.Digest(d.Digest.String()).Name(), Err: err}
+	}
+	defer resp.Body.Close()
+	if err := transport.CheckError(resp, http.StatusCreated); err != nil {
+		return &AccessError{Op: "uploading blob", Ref: r.repo.Digest(d.Digest.String()).Name(), Err: err}
+	}
+	return nil
+}
+
+func (r *Repo) do(ctx context.Context, req *http.Request) (*http.Response, error) {
+	rt, err := r.c.transport(ctx, r.repo.Registry)
+	if err != nil {
+		return nil, err
+	}
+	return (&http.Client{Transport: rt}).Do(req)
+}
+
+func (r *Repo) url(path string) *url.URL {
+	return &url.URL{Scheme: r.repo.Scheme(), Host: r.repo.RegistryStr(), Path: path}
+}
+
+// startUpload opens an upload session, or mounts digest from repository
+// from when both are set. It returns the session's absolute URL, or
+// mounted=true when the registry mounted the blob.
+func (r *Repo) startUpload(ctx context.Context, digest, from string) (location string, mounted bool, err error) {
+	u := r.url(fmt.Sprintf("/v2/%s/blobs/uploads/", r.repo.RepositoryStr()))
+	if digest != "" {
+		u.RawQuery = url.Values{"mount": {digest}, "from": {from}}.Encode()
+	}
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, u.String(), nil)
+	if err != nil {
+		return "", false, err
+	}
+	resp, err := r.do(ctx, req)
+	if err != nil {
+		return "", false, &AccessError{Op: "starting upload to", Ref: r.repo.Name(), Err: err}
+	}
+	defer resp.Body.Close()
+	if err := transport.CheckError(resp, http.StatusCreated, http.StatusAccepted); err != nil {
+		return "", false, &AccessError{Op: "starting upload to", Ref: r.repo.Name(), Err: err}
+	}
+	if resp.StatusCode == http.StatusCreated {
+		return "", true, nil
+	}
+	loc, err := resp.Location()
+	if err != nil {
+		return "", false, fmt.Errorf("registry %s answered an upload without a Location: %w", r.repo.RegistryStr(), err)
+	}
+	return loc.String(), false, nil
+}
+
+// cancelUpload abandons an upload session (best effort).
+func (r *Repo) cancelUpload(ctx context.Context, location string) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodDelete, location, nil)
+	if err != nil {
+		return
+	}
+	if resp, err := r.do(ctx, req); err == nil {
+		resp.Body.Close()
+	}
+}
+
+// MountRefusedError reports that a registry would not mount a blob and no
+// copy was allowed.
+type MountRefusedError struct {
+	Digest v1.Hash
+	From   string
+	To     string
+	Size   int64
+}
+
+// Error explains how to proceed.
+func (e *MountRefusedError) Error() string {
+	return fmt.Sprintf("cannot mount layer %s from %s into %s without copying it; rerun with --allow-copy to stream its %d bytes registry to registry", e.Digest, e.From, e.To, e.Size)
+}
+
+// Transfer mounts each blob from src. A blob the registry will not mount is
+// streamed from src only when allowCopy is set.
+func (r *Repo) Transfer(ctx context.Context, src engine.Repo, blobs []v1.Descriptor, allowCopy bool) (engine.Transferred, error) {
+	type result struct {
+		copied int64 // bytes streamed; 0 when mounted
+		err    error
+	}
+	results := make([]result, len(blobs))
+	done := make(chan struct{})
+	for i, d := range blobs {
+		go func() {
+			defer func() { done <- struct{}{} }()
+			results[i].copied, results[i].err = r.transferOne(ctx, src, d, allowCopy)
+		}()
+	}
+	for range blobs {
+		<-done
+	}
+	var t engine.Transferred
+	var errs []error
+	for _, res := range results {
+		switch {
+		case res.err != nil:
+			errs = append(errs, res.err)
+		case res.copied > 0:
+			t.Copied++
+			t.CopiedBytes += res.copied
+		default:
+			t.Mounted++
+		}
+	}
+	return t, errors.Join(errs...)
+}
+
+// transferOne returns the bytes copied, 0 when mounted.
+func (r *Repo) transferOne(ctx context.Context, src engine.Repo, d v1.Descriptor, allowCopy bool) (int64, error) {
+	from, sameRegistry := src.(*Repo)
+	if sameRegistry && from.Registry() == r.Registry() {
+		loc, mounted, err := r.startUpload(ctx, d.Digest.String(), from.repo.RepositoryStr())
+		if err != nil {
+			return 0, err
+		}
+		if mounted {
+			return 0, nil
+		}
+		r.cancelUpload(ctx, loc)
+	}
+	if !allowCopy {
+		return 0, &MountRefusedError{Digest: d.Digest, From: src.Name(), To: r.Name(), Size: d.Size}
+	}
+	return r.copyBlob(ctx, src, d)
+}
+
+// copyBlob streams a blob from src into r; used only with --allow-copy.
+func (r *Repo) copyBlob(ctx context.Context, src engine.Repo, d v1.Descriptor) (int64, error) {
+	s, ok := src.(*Repo)
+	if !ok {
+		return 0, fmt.Errorf("copying %s from %s: not a registry", d.Digest, src.Name())
+	}
+	opts, err := s.options(ctx)
+	if err != nil {
+		return 0, err
+	}
+	l, err := remote.Layer(s.repo.Digest(d.Digest.String()), opts...)
+	if err != nil {
+		return 0, &AccessError{Op: "reading blob", Ref: s.repo.Digest(d.Digest.String()).Name(), Err: err}
+	}
+	rc, err := l.Compressed()
+	if err != nil {
+		return 0, &AccessError{Op: "reading blob", Ref: s.repo.Digest(d.Digest.String()).Name(), Err: err}
+	}
+	defer rc.Close()
+	if err := r.upload(ctx, d, rc); err != nil {
+		return 0, err
+	}
+	return d.Size, nil
+}
