@@ -1,0 +1,65 @@
+// Package cli is the image-rebase command line: flag parsing, output and
+// exit codes over the engine. cmd/image-rebase only calls Main.
+package cli
+
+import (
+	"errors"
+	"strings"
+
+	"github.com/image-rebase/image-rebase/engine"
+	"github.com/image-rebase/image-rebase/manifest"
+	"github.com/image-rebase/image-rebase/rebase"
+	"github.com/image-rebase/image-rebase/registry"
+)
+
+// Exit codes, documented in the README.
+const (
+	// ExitOK: rebased, up to date, or a dry run that planned successfully.
+	ExitOK = 0
+	// ExitFailure: any other failure.
+	ExitFailure = 1
+	// ExitUsage: bad flags, arguments or references.
+	ExitUsage = 2
+	// ExitRegistry: a registry could not be reached or refused access, or
+	// an image, tag or repository does not exist.
+	ExitRegistry = 3
+	// ExitRefused: the images were read but the rebase cannot be done as
+	// asked (not on the old base, platform mismatch, unsupported manifest,
+	// existing target without --force, a blob that cannot be mounted).
+	ExitRefused = 4
+)
+
+// usageError marks errors in the command line itself.
+type usageError struct{ msg string }
+
+func (e *usageError) Error() string { return e.msg }
+
+func usagef(msg string) error { return &usageError{msg: msg} }
+
+// exitCode maps an error to the documented exit code.
+func exitCode(err error) int {
+	var (
+		ue *usageError
+		re *rebase.RefusedError
+		me *manifest.UnsupportedError
+		te *engine.TargetExistsError
+		mr *registry.MountRefusedError
+		ae *registry.AccessError
+	)
+	switch {
+	case err == nil:
+		return ExitOK
+	case errors.As(err, &ue):
+		return ExitUsage
+	case errors.As(err, &re), errors.As(err, &me), errors.As(err, &te), errors.As(err, &mr):
+		return ExitRefused
+	case errors.As(err, &ae):
+		return ExitRegistry
+	}
+	return ExitFailure
+}
+
+// oneLine folds a (possibly joined) error into a single line.
+func oneLine(err error) string {
+	return strings.Join(strings.Fields(strings.ReplaceAll(err.Error(), "\n", "; ")), " ")
+}

@@ -1,0 +1,13 @@
+// Command image-rebase changes the base image of container images directly
+// in the registry. See the README.
+package main
+
+import (
+	"os"
+
+	"github.com/image-rebase/image-rebase/cli"
+)
+
+func main() {
+	os.Exit(cli.Main(os.Args[1:], os.Stdout, os.Stderr))
+}
