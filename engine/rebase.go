@@ -79,41 +79,143 @@ func (e *TargetExistsError) Error() string {
 }
 
 // Rebase reads the image and both bases, plans the rebase and, unless it is
-// up to date or a dry run, writes the result.
+// up to date or a dry run, writes the result. Independent requests run
+// concurrently, in four rounds: the manifests (with the target tag when it
+// is not the image), the configs (with the opening of the config upload when
+// a write is likely), the blobs and the config, the manifest.
 func Rebase(ctx context.Context, req Request) (*Result, error) {
+	target, err := writableTarget(req)
+	if err != nil {
+		return nil, err
+	}
 	locs := []Location{req.Image, req.From, req.To}
-	imgs := make([]*manifest.Image, len(locs))
+	docs := make([]*manifest.Image, len(locs))
 	errs := make([]error, len(locs))
+	var existing targetState
 	var wg sync.WaitGroup
 	for i, loc := range locs {
-		wg.Go(func() { imgs[i], errs[i] = FetchImage(ctx, loc) })
+		wg.Go(func() { docs[i], errs[i] = fetchManifest(ctx, loc) })
+	}
+	if target != nil && req.Target.String() != req.Image.String() {
+		wg.Go(func() { existing = resolveTarget(ctx, target, req.Target.Tag) })
 	}
 	wg.Wait()
+	if err := firstError(errs...); err != nil {
+		return nil, err
+	}
+	if existing.err != nil {
+		return nil, existing.err
+	}
+	if existing.exists && !req.Force {
+		return nil, &TargetExistsError{Target: req.Target.String(), Digest: existing.digest}
+	}
+
+	// A write is likely unless the image already starts with the new
+	// base's layers; then open the config upload alongside the reads.
+	var session BlobUpload
+	var sessionErr error
+	for i, loc := range locs {
+		wg.Go(func() { errs[i] = fetchConfig(ctx, loc, docs[i]) })
+	}
+	if target != nil && !hasPrefix(docs[0].Manifest.Layers, docs[2].Manifest.Layers) {
+		wg.Go(func() { session, sessionErr = target.StartUpload(ctx) })
+	}
+	wg.Wait()
+	cancel := func() {
+		if session != nil {
+			session.Cancel(context.WithoutCancel(ctx))
+		}
+	}
+	if err := firstError(append(errs, sessionErr)...); err != nil {
+		cancel()
+		return nil, err
+	}
+	plan, err := Plan(docs[0], docs[1], docs[2])
+	if err != nil {
+		cancel()
+		return nil, err
+	}
+	res, err := Apply(ctx, req, plan, session)
+	if err != nil || res.Action != Rebased {
+		cancel()
+	}
+	if res != nil && existing.exists {
+		res.Replaced = &existing.digest
+	}
+	return res, err
+}
+
+// Plan computes the plan of moving img from old to nw.
+func Plan(img, old, nw *manifest.Image) (*rebase.Plan, error) {
+	ob, err := rebase.BaseFromImage(old)
+	if err != nil {
+		return nil, err
+	}
+	nb, err := rebase.BaseFromImage(nw)
+	if err != nil {
+		return nil, err
+	}
+	return rebase.New(rebase.Input{Image: img, Old: ob, New: nb})
+}
+
+type targetState struct {
+	digest v1.Hash
+	exists bool
+	err    error
+}
+
+func resolveTarget(ctx context.Context, target WritableRepo, tag string) targetState {
+	var s targetState
+	if tag != "" {
+		s.digest, s.exists, s.err = target.Resolve(ctx, tag)
+	}
+	return s
+}
+
+func writableTarget(req Request) (WritableRepo, error) {
+	if req.DryRun {
+		return nil, nil
+	}
+	target, ok := req.Target.Repo.(WritableRepo)
+	if !ok {
+		return nil, fmt.Errorf("%s cannot be written to", req.Target.Repo.Name())
+	}
+	return target, nil
+}
+
+func firstError(errs ...error) error {
 	// Report the first failure only: the others usually share its cause
 	// (an unreachable registry, missing credentials).
 	for _, err := range errs {
 		if err != nil {
-			return nil, err
+			return err
 		}
 	}
-	img := imgs[0]
-	old, err := rebase.BaseFromImage(imgs[1])
-	if err != nil {
-		return nil, err
+	return nil
+}
+
+func hasPrefix(layers, prefix []v1.Descriptor) bool {
+	if len(prefix) > len(layers) {
+		return false
 	}
-	nw, err := rebase.BaseFromImage(imgs[2])
-	if err != nil {
-		return nil, err
+	for i := range prefix {
+		if layers[i].Digest != prefix[i].Digest {
+			return false
+		}
 	}
-	plan, err := rebase.New(rebase.Input{Image: img, Old: old, New: nw})
-	if err != nil {
-		return nil, err
-	}
-	return Apply(ctx, req, plan)
+	return true
 }
 
 // FetchImage reads a single-platform image: its manifest, then its config.
 func FetchImage(ctx context.Context, loc Location) (*manifest.Image, error) {
+	img, err := fetchManifest(ctx, loc)
+	if err != nil {
+		return nil, err
+	}
+	return img, fetchConfig(ctx, loc, img)
+}
+
+func fetchManifest(ctx context.Context, loc Location) (*manifest.Image, error) {
 	desc, raw, err := loc.Repo.Manifest(ctx, loc.ID())
 	if err != nil {
 		return nil, err
@@ -125,29 +227,32 @@ func FetchImage(ctx context.Context, loc Location) (*manifest.Image, error) {
 	if m.Config.MediaType != "" && m.Config.MediaType != types.OCIConfigJSON && m.Config.MediaType != types.DockerConfigJSON {
 		return nil, &manifest.UnsupportedError{Ref: loc.String(), Kind: manifest.KindArtifact, MediaType: m.Config.MediaType}
 	}
-	rawCfg, err := loc.Repo.Blob(ctx, m.Config)
-	if err != nil {
-		return nil, err
-	}
-	cfg, err := manifest.ParseConfig(loc.String(), rawCfg)
-	if err != nil {
-		return nil, err
-	}
-	return &manifest.Image{
-		Ref:         loc.String(),
-		Descriptor:  desc,
-		RawManifest: raw,
-		Manifest:    m,
-		Family:      fam,
-		RawConfig:   rawCfg,
-		Config:      cfg,
-	}, nil
+	return &manifest.Image{Ref: loc.String(), Descriptor: desc, RawManifest: raw, Manifest: m, Family: fam}, nil
 }
 
-// Apply writes a plan to req.Target: the blobs the target lacks (mounted),
-// the config, then the manifest. Nothing is written for an up-to-date plan
-// or a dry run.
-func Apply(ctx context.Context, req Request, plan *rebase.Plan) (*Result, error) {
+func fetchConfig(ctx context.Context, loc Location, img *manifest.Image) error {
+	if img == nil {
+		return nil
+	}
+	raw, err := loc.Repo.Blob(ctx, img.Manifest.Config)
+	if err != nil {
+		return err
+	}
+	cfg, err := manifest.ParseConfig(loc.String(), raw)
+	if err != nil {
+		return err
+	}
+	img.RawConfig, img.Config = raw, cfg
+	return nil
+}
+
+// Apply writes a plan to req.Target: the blobs the target lacks (mounted)
+// and the config together, then the manifest. session, if not nil, is an
+// upload already opened for the config. Nothing is written for an up-to-date
+// plan or a dry run. Writing in place, the image's tag is checked again
+// just before the manifest is written (unless req.Force): if someone pushed
+// meanwhile, nothing is written.
+func Apply(ctx context.Context, req Request, plan *rebase.Plan, session BlobUpload) (*Result, error) {
 	res := &Result{
 		Image:    req.Image.String(),
 		Target:   req.Target.String(),
@@ -166,24 +271,9 @@ func Apply(ctx context.Context, req Request, plan *rebase.Plan) (*Result, error)
 		res.Action = WouldRebase
 		return res, nil
 	}
-	target, ok := req.Target.Repo.(WritableRepo)
-	if !ok {
-		return nil, fmt.Errorf("%s cannot be written to", req.Target.Repo.Name())
-	}
-	if req.Target.Tag != "" {
-		cur, exists, err := target.Resolve(ctx, req.Target.Tag)
-		if err != nil {
-			return nil, err
-		}
-		if exists {
-			if cur != plan.ImageDigest && !req.Force {
-				if req.Target.String() == req.Image.String() {
-					return nil, fmt.Errorf("%s moved to %s since it was read (someone pushed meanwhile); nothing written, rerun to rebase the new image or pass --force", req.Target, cur)
-				}
-				return nil, &TargetExistsError{Target: req.Target.String(), Digest: cur}
-			}
-			res.Replaced = &cur
-		}
+	target, err := writableTarget(req)
+	if err != nil {
+		return nil, err
 	}
 
 	groups := missingBlobs(req, plan)
@@ -193,16 +283,35 @@ func Apply(ctx context.Context, req Request, plan *rebase.Plan) (*Result, error)
 	for i, g := range groups {
 		wg.Go(func() { reports[i], errs[i] = target.Transfer(ctx, g.src, g.blobs, req.AllowCopy) })
 	}
-	wg.Go(func() { errs[len(groups)] = target.PutBlob(ctx, plan.ConfigDescriptor, plan.Config) })
+	wg.Go(func() {
+		if session == nil {
+			if session, errs[len(groups)] = target.StartUpload(ctx); errs[len(groups)] != nil {
+				return
+			}
+		}
+		errs[len(groups)] = session.Commit(ctx, plan.ConfigDescriptor, plan.Config)
+	})
+	var current targetState
+	inPlace := req.Target.String() == req.Image.String() && req.Target.Tag != ""
+	if inPlace && !req.Force {
+		wg.Go(func() { current = resolveTarget(ctx, target, req.Target.Tag) })
+	}
 	wg.Wait()
 	for _, r := range reports {
 		res.Transferred = res.Transferred.Add(r)
 	}
-	if err := errors.Join(errs...); err != nil {
+	if err := errors.Join(append(errs, current.err)...); err != nil {
 		return nil, fmt.Errorf("nothing written to %s: %w", req.Target, err)
+	}
+	if current.exists && current.digest != plan.ImageDigest {
+		return nil, fmt.Errorf("%s moved to %s since it was read (someone pushed meanwhile); nothing written: rerun to rebase the new image, or pass --force", req.Target, current.digest)
 	}
 	if err := target.PutManifest(ctx, req.Target.Tag, plan.ManifestDescriptor, plan.Manifest); err != nil {
 		return nil, err
+	}
+	if inPlace {
+		d := plan.ImageDigest
+		res.Replaced = &d
 	}
 	res.Action = Rebased
 	return res, nil

@@ -30,14 +30,23 @@ type WritableRepo interface {
 	// repository. It must not move their bytes (a registry mounts them)
 	// unless allowCopy is true; then it reports what was copied.
 	Transfer(ctx context.Context, src Repo, blobs []v1.Descriptor, allowCopy bool) (Transferred, error)
-	// PutBlob stores a small blob (a config).
-	PutBlob(ctx context.Context, d v1.Descriptor, data []byte) error
+	// StartUpload opens the upload of one small blob (a config) before its
+	// content is known, so that the request overlaps with reads.
+	StartUpload(ctx context.Context) (BlobUpload, error)
 	// PutManifest stores a manifest under tag (or by digest alone when tag
 	// is empty).
 	PutManifest(ctx context.Context, tag string, d v1.Descriptor, raw []byte) error
 	// Resolve returns the digest a tag names now, and false when the tag
 	// does not exist.
 	Resolve(ctx context.Context, tag string) (v1.Hash, bool, error)
+}
+
+// BlobUpload is an upload opened by StartUpload: commit it once, or cancel it.
+type BlobUpload interface {
+	// Commit stores data as the blob d.
+	Commit(ctx context.Context, d v1.Descriptor, data []byte) error
+	// Cancel abandons the upload (best effort).
+	Cancel(ctx context.Context)
 }
 
 // Transferred reports how blobs reached a repository.

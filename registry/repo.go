@@ -166,17 +166,38 @@ func (r *Repo) PutManifest(ctx context.Context, tag string, d v1.Descriptor, raw
 	return nil
 }
 
-// PutBlob uploads a small blob in two requests (POST, then PUT with the
-// content).
-func (r *Repo) PutBlob(ctx context.Context, d v1.Descriptor, data []byte) error {
-	return r.upload(ctx, d, bytes.NewReader(data))
+// upload is an open upload session in a registry.
+type upload struct {
+	r        *Repo
+	location string
 }
+
+// StartUpload opens an upload session (POST); Commit sends the content (PUT).
+func (r *Repo) StartUpload(ctx context.Context) (engine.BlobUpload, error) {
+	loc, _, err := r.startUpload(ctx, "", "")
+	if err != nil {
+		return nil, err
+	}
+	return &upload{r: r, location: loc}, nil
+}
+
+// Commit sends the blob's content and closes the session.
+func (u *upload) Commit(ctx context.Context, d v1.Descriptor, data []byte) error {
+	return u.r.finishUpload(ctx, u.location, d, bytes.NewReader(data))
+}
+
+// Cancel abandons the session.
+func (u *upload) Cancel(ctx context.Context) { u.r.cancelUpload(ctx, u.location) }
 
 func (r *Repo) upload(ctx context.Context, d v1.Descriptor, body io.Reader) error {
 	loc, _, err := r.startUpload(ctx, "", "")
 	if err != nil {
 		return err
 	}
+	return r.finishUpload(ctx, loc, d, body)
+}
+
+func (r *Repo) finishUpload(ctx context.Context, loc string, d v1.Descriptor, body io.Reader) error {
 	u, err := url.Parse(loc)
 	if err != nil {
 		return fmt.Errorf("upload location %q: %w", loc, err)
