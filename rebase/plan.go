@@ -12,6 +12,7 @@ import (
 
 	"github.com/image-rebase/image-rebase/configmerge"
 	"github.com/image-rebase/image-rebase/manifest"
+	"github.com/image-rebase/image-rebase/platform"
 )
 
 // Warning is a hazard found while planning; see configmerge.Warning.
@@ -142,15 +143,9 @@ func checkPrefix(img *manifest.Image, old *Base) error {
 }
 
 func checkPlatform(img *manifest.Image, nw *Base) error {
-	a, b := img.Config, nw.Config
-	if a.OS != b.OS || a.Architecture != b.Architecture {
-		return refuse("platform mismatch: %s is %s/%s but %s is %s/%s", img.Ref, a.OS, a.Architecture, nw.Ref, b.OS, b.Architecture)
-	}
-	if a.Variant != "" && b.Variant != "" && a.Variant != b.Variant {
-		return refuse("platform mismatch: %s is variant %s but %s is variant %s", img.Ref, a.Variant, nw.Ref, b.Variant)
-	}
-	if a.OSVersion != "" && b.OSVersion != "" && a.OSVersion != b.OSVersion && a.OS == "windows" {
-		return refuse("platform mismatch: %s needs Windows %s but %s is Windows %s", img.Ref, a.OSVersion, nw.Ref, b.OSVersion)
+	have, want := platform.OfConfig(img.Config), platform.OfConfig(nw.Config)
+	if !platform.Matches(have, want) {
+		return refuse("platform mismatch: %s is %s but %s is %s", img.Ref, platform.String(have), nw.Ref, platform.String(want))
 	}
 	return nil
 }
