@@ -13,6 +13,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/image-rebase/image-rebase/engine"
+	"github.com/image-rebase/image-rebase/platform"
 	"github.com/image-rebase/image-rebase/registry"
 )
 
@@ -42,6 +43,10 @@ type rebaseFlags struct {
 	insecure  []string
 	verbose   bool
 	timeout   time.Duration
+
+	platforms          []string
+	keepOtherPlatforms bool
+	keepAttestations   bool
 }
 
 // NewCommand returns the root command: a single rebase, with the demo
@@ -84,6 +89,9 @@ a host are names in that registry. Without REGISTRY, give full references
 	fl.BoolVar(&f.dryRun, "dry-run", false, "print the plan and write nothing")
 	fl.BoolVar(&f.allowCopy, "allow-copy", false, "stream a layer registry to registry when the registry refuses to mount it")
 	fl.StringVarP(&f.output, "output", "o", "text", "output format: text or json")
+	fl.StringArrayVar(&f.platforms, "platform", nil, "rebase only this platform of an index (os/arch[/variant]; repeatable)")
+	fl.BoolVar(&f.keepOtherPlatforms, "keep-other-platforms", false, "keep the platforms --platform leaves out unchanged in the new index")
+	fl.BoolVar(&f.keepAttestations, "keep-attestations", false, "keep an index's attestation manifests (they describe the old images)")
 	addConnectionFlags(cmd, &f.insecure, &f.verbose, &f.timeout)
 	cmd.AddCommand(newDemoCommand(stdout, stderr))
 	return cmd
@@ -191,6 +199,14 @@ func buildRequest(client *registry.Client, defaultReg, image string, f *rebaseFl
 		}
 	}
 	req.DryRun, req.Force, req.AllowCopy = f.dryRun, f.force, f.allowCopy
+	req.KeepOtherPlatforms, req.KeepAttestations = f.keepOtherPlatforms, f.keepAttestations
+	for _, s := range f.platforms {
+		p, err := platform.Parse(s)
+		if err != nil {
+			return req, usagef("--platform: " + err.Error())
+		}
+		req.Platforms = append(req.Platforms, p)
+	}
 	return req, nil
 }
 
@@ -203,17 +219,31 @@ func printResult(w io.Writer, f *rebaseFlags, res *engine.Result) error {
 	if f.output == "json" {
 		if !f.dryRun && !f.verbose {
 			res.Plan = nil
+			for i := range res.Platforms {
+				res.Platforms[i].Plan = nil
+			}
 		}
 		enc := json.NewEncoder(w)
 		enc.SetIndent("", "  ")
 		return enc.Encode(res)
 	}
-	if f.dryRun || f.verbose {
+	explain := f.dryRun || f.verbose
+	switch {
+	case explain && res.Plan != nil:
 		res.Plan.Explain(w)
-	} else {
+	case explain:
+		for _, p := range res.Platforms {
+			fmt.Fprintf(w, "platform %s:\n", p.Platform)
+			p.Plan.Explain(w)
+		}
+	}
+	if !explain || res.Plan == nil {
 		for _, wn := range res.Warnings {
 			fmt.Fprintf(w, "warning: %s\n", wn.Message)
 		}
+	}
+	for _, p := range res.Platforms {
+		fmt.Fprintf(w, "  %-14s %s  %s → %s\n", p.Platform, p.Action, p.Before, p.After)
 	}
 	switch res.Action {
 	case engine.UpToDate:

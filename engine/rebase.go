@@ -7,9 +7,9 @@ import (
 	"sync"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
-	"github.com/google/go-containerregistry/pkg/v1/types"
 
 	"github.com/image-rebase/image-rebase/manifest"
+	"github.com/image-rebase/image-rebase/platform"
 	"github.com/image-rebase/image-rebase/rebase"
 )
 
@@ -31,6 +31,14 @@ type Request struct {
 	Force bool
 	// AllowCopy lets blobs that cannot be mounted be streamed.
 	AllowCopy bool
+	// Platforms limits an index rebase to these platforms; empty means all.
+	Platforms []v1.Platform
+	// KeepOtherPlatforms keeps the platforms Platforms does not select
+	// unchanged in the new index; without it such a rebase is refused.
+	KeepOtherPlatforms bool
+	// KeepAttestations keeps an index's attestation manifests (which
+	// describe the old images); by default they are dropped with a warning.
+	KeepAttestations bool
 }
 
 // Action says what a rebase did.
@@ -63,8 +71,19 @@ type Result struct {
 	NewBase     rebase.BaseRef   `json:"newBase"`
 	Transferred Transferred      `json:"transferred"`
 	Warnings    []rebase.Warning `json:"warnings"`
-	// Plan is the full plan, for --dry-run and -v.
+	// Plan is the full plan, for --dry-run and -v (single-platform images).
 	Plan *rebase.Plan `json:"plan,omitempty"`
+	// Platforms holds one result per platform of an index.
+	Platforms []PlatformResult `json:"platforms,omitempty"`
+}
+
+// PlatformResult is the outcome for one platform of an index.
+type PlatformResult struct {
+	Platform string       `json:"platform"`
+	Action   Action       `json:"action"`
+	Before   v1.Hash      `json:"before"`
+	After    v1.Hash      `json:"after"`
+	Plan     *rebase.Plan `json:"plan,omitempty"`
 }
 
 // TargetExistsError reports a target tag that names another image.
@@ -80,21 +99,22 @@ func (e *TargetExistsError) Error() string {
 
 // Rebase reads the image and both bases, plans the rebase and, unless it is
 // up to date or a dry run, writes the result. Independent requests run
-// concurrently, in four rounds: the manifests (with the target tag when it
-// is not the image), the configs (with the opening of the config upload when
-// a write is likely), the blobs and the config, the manifest.
+// concurrently, in four rounds for a single-platform image: the manifests
+// (with the target tag when it is not the image), the configs (with the
+// opening of the config upload when a write is likely), the blobs and the
+// config, the manifest. Indexes are rebased platform by platform.
 func Rebase(ctx context.Context, req Request) (*Result, error) {
 	target, err := writableTarget(req)
 	if err != nil {
 		return nil, err
 	}
 	locs := []Location{req.Image, req.From, req.To}
-	docs := make([]*manifest.Image, len(locs))
+	docs := make([]*doc, len(locs))
 	errs := make([]error, len(locs))
 	var existing targetState
 	var wg sync.WaitGroup
 	for i, loc := range locs {
-		wg.Go(func() { docs[i], errs[i] = fetchManifest(ctx, loc) })
+		wg.Go(func() { docs[i], errs[i] = fetchDoc(ctx, loc) })
 	}
 	if target != nil && req.Target.String() != req.Image.String() {
 		wg.Go(func() { existing = resolveTarget(ctx, target, req.Target.Tag) })
@@ -109,15 +129,33 @@ func Rebase(ctx context.Context, req Request) (*Result, error) {
 	if existing.exists && !req.Force {
 		return nil, &TargetExistsError{Target: req.Target.String(), Digest: existing.digest}
 	}
+	var res *Result
+	if docs[0].kind == manifest.KindIndex {
+		res, err = rebaseIndex(ctx, req, target, docs[0], docs[1], docs[2])
+	} else {
+		res, err = rebaseImage(ctx, req, target, docs[0], docs[1], docs[2])
+	}
+	if res != nil && existing.exists {
+		res.Replaced = &existing.digest
+	}
+	return res, err
+}
 
+// rebaseImage rebases a single-platform image.
+func rebaseImage(ctx context.Context, req Request, target WritableRepo, img, from, to *doc) (*Result, error) {
 	// A write is likely unless the image already starts with the new
 	// base's layers; then open the config upload alongside the reads.
 	var session BlobUpload
 	var sessionErr error
-	for i, loc := range locs {
-		wg.Go(func() { errs[i] = fetchConfig(ctx, loc, docs[i]) })
+	docs := []*doc{img, from, to}
+	errs := make([]error, len(docs))
+	var wg sync.WaitGroup
+	for i, d := range docs {
+		if d.kind == manifest.KindImage {
+			wg.Go(func() { errs[i] = d.config(ctx) })
+		}
 	}
-	if target != nil && !hasPrefix(docs[0].Manifest.Layers, docs[2].Manifest.Layers) {
+	if target != nil && (to.kind != manifest.KindImage || !hasPrefix(img.image.Manifest.Layers, to.image.Manifest.Layers)) {
 		wg.Go(func() { session, sessionErr = target.StartUpload(ctx) })
 	}
 	wg.Wait()
@@ -130,7 +168,18 @@ func Rebase(ctx context.Context, req Request) (*Result, error) {
 		cancel()
 		return nil, err
 	}
-	plan, err := Plan(docs[0], docs[1], docs[2])
+	// Bases given as indexes: take the image that serves the image's platform.
+	var cache imageCache
+	p := platform.OfConfig(img.image.Config)
+	var old, nw *manifest.Image
+	wg.Go(func() { old, errs[1] = cache.forPlatform(ctx, from, p) })
+	wg.Go(func() { nw, errs[2] = cache.forPlatform(ctx, to, p) })
+	wg.Wait()
+	if err := firstError(errs...); err != nil {
+		cancel()
+		return nil, err
+	}
+	plan, err := Plan(img.image, old, nw)
 	if err != nil {
 		cancel()
 		return nil, err
@@ -138,9 +187,6 @@ func Rebase(ctx context.Context, req Request) (*Result, error) {
 	res, err := Apply(ctx, req, plan, session)
 	if err != nil || res.Action != Rebased {
 		cancel()
-	}
-	if res != nil && existing.exists {
-		res.Replaced = &existing.digest
 	}
 	return res, err
 }
@@ -204,46 +250,6 @@ func hasPrefix(layers, prefix []v1.Descriptor) bool {
 		}
 	}
 	return true
-}
-
-// FetchImage reads a single-platform image: its manifest, then its config.
-func FetchImage(ctx context.Context, loc Location) (*manifest.Image, error) {
-	img, err := fetchManifest(ctx, loc)
-	if err != nil {
-		return nil, err
-	}
-	return img, fetchConfig(ctx, loc, img)
-}
-
-func fetchManifest(ctx context.Context, loc Location) (*manifest.Image, error) {
-	desc, raw, err := loc.Repo.Manifest(ctx, loc.ID())
-	if err != nil {
-		return nil, err
-	}
-	m, fam, err := manifest.ParseImageManifest(loc.String(), desc.MediaType, raw)
-	if err != nil {
-		return nil, err
-	}
-	if m.Config.MediaType != "" && m.Config.MediaType != types.OCIConfigJSON && m.Config.MediaType != types.DockerConfigJSON {
-		return nil, &manifest.UnsupportedError{Ref: loc.String(), Kind: manifest.KindArtifact, MediaType: m.Config.MediaType}
-	}
-	return &manifest.Image{Ref: loc.String(), Descriptor: desc, RawManifest: raw, Manifest: m, Family: fam}, nil
-}
-
-func fetchConfig(ctx context.Context, loc Location, img *manifest.Image) error {
-	if img == nil {
-		return nil
-	}
-	raw, err := loc.Repo.Blob(ctx, img.Manifest.Config)
-	if err != nil {
-		return err
-	}
-	cfg, err := manifest.ParseConfig(loc.String(), raw)
-	if err != nil {
-		return err
-	}
-	img.RawConfig, img.Config = raw, cfg
-	return nil
 }
 
 // Apply writes a plan to req.Target: the blobs the target lacks (mounted)

@@ -268,7 +268,7 @@ func (e *UnsupportedError) Error() string {
 	case KindSchema1:
 		return fmt.Sprintf("%s is a Docker schema 1 manifest, which cannot be rebased; push it again with a current client to convert it", e.Ref)
 	case KindIndex:
-		return fmt.Sprintf("%s is a multi-platform image index; rebasing indexes is not supported yet", e.Ref)
+		return fmt.Sprintf("%s is a multi-platform image index where a single image is needed", e.Ref)
 	case KindArtifact:
 		return fmt.Sprintf("%s is an artifact, not a container image", e.Ref)
 	}
