@@ -1,0 +1,98 @@
+package proxytest
+
+import (
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+func TestRoundTrips(t *testing.T) {
+	at := func(start, end int) Entry {
+		base := time.Unix(0, 0)
+		return Entry{Start: base.Add(time.Duration(start) * time.Millisecond), End: base.Add(time.Duration(end) * time.Millisecond)}
+	}
+	tests := []struct {
+		name string
+		log  []Entry
+		want int
+	}{
+		{"none", nil, 0},
+		{"one", []Entry{at(0, 10)}, 1},
+		{"concurrent", []Entry{at(0, 10), at(1, 11), at(2, 9)}, 1},
+		{"sequential", []Entry{at(0, 10), at(10, 20), at(21, 30)}, 3},
+		{"longest chain wins", []Entry{at(0, 10), at(11, 20), at(11, 25), at(26, 30), at(21, 22)}, 4},
+		{"overlap is not a wait", []Entry{at(0, 10), at(5, 20), at(15, 30)}, 2},
+	}
+	for _, tt := range tests {
+		if got := RoundTrips(tt.log); got != tt.want {
+			t.Errorf("%s: RoundTrips = %d, want %d", tt.name, got, tt.want)
+		}
+	}
+}
+
+func TestCountsLatencyAndFaults(t *testing.T) {
+	backend := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method == http.MethodPut {
+			io.Copy(io.Discard, r.Body)
+			w.WriteHeader(http.StatusCreated)
+			return
+		}
+		io.WriteString(w, "0123456789")
+	}))
+	defer backend.Close()
+	p := Start(strings.TrimPrefix(backend.URL, "http://"), WithLatency(20*time.Millisecond), WithFaults(func(n int, r *http.Request) Fault {
+		if n == 4 {
+			return Fault{Status: http.StatusTooManyRequests, RetryAfter: "1"}
+		}
+		return Fault{}
+	}))
+	defer p.Close()
+	get := func(path string) *http.Response {
+		resp, err := http.Get("http://" + p.Host() + path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		return resp
+	}
+	start := time.Now()
+	get("/v2/")
+	var wg sync.WaitGroup
+	for range 2 {
+		wg.Go(func() { get("/v2/app/blobs/sha256:abc") })
+	}
+	wg.Wait()
+	if d := time.Since(start); d < 40*time.Millisecond {
+		t.Errorf("two sequential rounds took %s, want ≥ 40ms of added latency", d)
+	}
+	req, _ := http.NewRequest(http.MethodPut, "http://"+p.Host()+"/v2/app/blobs/uploads/x", strings.NewReader("abcde"))
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusTooManyRequests || resp.Header.Get("Retry-After") != "1" {
+		t.Errorf("4th request: %s, Retry-After %q; want the injected 429", resp.Status, resp.Header.Get("Retry-After"))
+	}
+	req, _ = http.NewRequest(http.MethodPut, "http://"+p.Host()+"/v2/app/blobs/uploads/x", strings.NewReader("abcde"))
+	resp, err = http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	s := p.Stats()
+	if s.Requests != 5 || s.ByClass["ping"] != 1 || s.ByClass["blob"] != 2 || s.ByClass["blob-upload"] != 2 {
+		t.Errorf("stats %+v", s)
+	}
+	if s.BlobBytesDown != 20 || s.BlobBytesUp != 5 {
+		t.Errorf("blob bytes down %d up %d, want 20 and 5", s.BlobBytesDown, s.BlobBytesUp)
+	}
+	if s.RoundTrips != 4 {
+		t.Errorf("round trips %d, want 4 (ping, two blobs together, two uploads)", s.RoundTrips)
+	}
+}
