@@ -233,4 +233,3 @@ func (c *countingWriter) Flush() {
 		f.Flush()
 	}
 }
-
