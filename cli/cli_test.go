@@ -195,3 +195,43 @@ func TestCredentialsFromDockerConfigAndNoSecretInLogs(t *testing.T) {
 }
 
 func b64(s string) string { return base64.StdEncoding.EncodeToString([]byte(s)) }
+
+func TestLayersAreNeverCopiedUnlessAllowed(t *testing.T) {
+	apps, bases := startRegistry(t), startRegistry(t)
+	b1 := image(t, nil, "amd64", "V=1", map[string]string{"os": "one"})
+	b2 := image(t, nil, "amd64", "V=2", map[string]string{"os": "two"})
+	apps.Push(t, "base:1", b1)
+	bases.Push(t, "base:2", b2)
+	apps.Push(t, "app:1", image(t, b1, "amd64", "APP=1", map[string]string{"app": "app"}))
+	args := []string{apps.Host + "/app:1", "--insecure", "--from-base", apps.Host + "/base:1", "--to-base", bases.Host + "/base:2", "-o", "json"}
+
+	before := apps.Snapshot(t)
+	code, _, stderr := run(t, args...)
+	if code != 4 || !strings.Contains(stderr, "--allow-copy") {
+		t.Fatalf("cross-registry without --allow-copy: exit %d, %q", code, stderr)
+	}
+	if after := apps.Snapshot(t); fmt.Sprint(after) != fmt.Sprint(before) {
+		t.Fatalf("registry changed: %v → %v", before, after)
+	}
+
+	code, out, stderr := run(t, append(args, "--allow-copy")...)
+	if code != 0 {
+		t.Fatalf("with --allow-copy: exit %d, %s", code, stderr)
+	}
+	var res struct {
+		Transferred struct {
+			Copied      int
+			CopiedBytes int64
+		}
+	}
+	json.Unmarshal([]byte(out), &res)
+	l, _ := b2.Layers()
+	size, _ := l[0].Size()
+	if res.Transferred.Copied != 1 || res.Transferred.CopiedBytes != size {
+		t.Fatalf("reported %+v, want 1 layer of %d bytes copied", res.Transferred, size)
+	}
+	d, _ := l[0].Digest()
+	if !apps.BlobExists(t, "app", d) {
+		t.Fatalf("copied layer %s is not in the target repository", d)
+	}
+}
