@@ -33,9 +33,9 @@ type Entry struct {
 	Method, Path string
 	Class        string
 	// Digest is the blob a blob request reads or an upload commits.
-	Digest string
-	Status       int
-	Start, End   time.Time
+	Digest     string
+	Status     int
+	Start, End time.Time
 	// BlobBytesOut counts blob bytes served by GET /v2/<name>/blobs/...;
 	// BlobBytesIn counts bytes uploaded to /v2/<name>/blobs/uploads/.
 	BlobBytesOut, BlobBytesIn int64
