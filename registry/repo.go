@@ -78,7 +78,9 @@ func (r *Repo) options(ctx context.Context) ([]remote.Option, error) {
 	if err != nil {
 		return nil, err
 	}
-	return []remote.Option{remote.WithTransport(rt), remote.WithContext(ctx)}, nil
+	// Retries happen once, in this package's transport; go-containerregistry's
+	// own retry of manifest writes is turned off.
+	return []remote.Option{remote.WithTransport(rt), remote.WithContext(ctx), remote.WithRetryBackoff(remote.Backoff{Steps: 1})}, nil
 }
 
 // Manifest fetches a manifest by tag or digest.
