@@ -235,3 +235,24 @@ func TestLayersAreNeverCopiedUnlessAllowed(t *testing.T) {
 		t.Fatalf("copied layer %s is not in the target repository", d)
 	}
 }
+
+func TestBackupTagKeepsThePreviousImage(t *testing.T) {
+	reg := startRegistry(t)
+	fixture(t, reg)
+	before := reg.Snapshot(t)
+	code, out, stderr := run(t, "http://"+reg.Host, "app:1", "--from-base", "base:1", "--to-base", "base:2", "--backup-tag", "{tag}-prev")
+	if code != 0 {
+		t.Fatalf("exit %d: %s", code, stderr)
+	}
+	after := reg.Snapshot(t)
+	if after["app:1-prev"] != before["app:1"] || after["app:1"] == before["app:1"] {
+		t.Fatalf("app:1-prev = %s, want the previous app:1 %s; app:1 = %s", after["app:1-prev"], before["app:1"], after["app:1"])
+	}
+	if !strings.Contains(out, "before  "+before["app:1"]) || !strings.Contains(out, "backup  "+reg.Host+"/app:1-prev") {
+		t.Errorf("output does not name the replaced digest:\n%s", out)
+	}
+	code, _, stderr = run(t, "http://"+reg.Host, "app:1", "--from-base", "base:1", "--to-base", "base:2", "--backup-tag", "bad/{tag}")
+	if code != 2 || !strings.Contains(stderr, "--backup-tag") {
+		t.Fatalf("bad template: exit %d, %q", code, stderr)
+	}
+}

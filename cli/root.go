@@ -10,6 +10,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/google/go-containerregistry/pkg/name"
 	"github.com/spf13/cobra"
 
 	"github.com/image-rebase/image-rebase/engine"
@@ -44,6 +45,7 @@ type rebaseFlags struct {
 	verbose   bool
 	timeout   time.Duration
 
+	backupTag          string
 	platforms          []string
 	keepOtherPlatforms bool
 	keepAttestations   bool
@@ -89,6 +91,7 @@ a host are names in that registry. Without REGISTRY, give full references
 	fl.BoolVar(&f.dryRun, "dry-run", false, "print the plan and write nothing")
 	fl.BoolVar(&f.allowCopy, "allow-copy", false, "stream a layer registry to registry when the registry refuses to mount it")
 	fl.StringVarP(&f.output, "output", "o", "text", "output format: text or json")
+	fl.StringVar(&f.backupTag, "backup-tag", "", "before moving a tag, tag the image it named with this template ({tag} is the tag), e.g. {tag}-prev")
 	fl.StringArrayVar(&f.platforms, "platform", nil, "rebase only this platform of an index (os/arch[/variant]; repeatable)")
 	fl.BoolVar(&f.keepOtherPlatforms, "keep-other-platforms", false, "keep the platforms --platform leaves out unchanged in the new index")
 	fl.BoolVar(&f.keepAttestations, "keep-attestations", false, "keep an index's attestation manifests (they describe the old images)")
@@ -200,6 +203,15 @@ func buildRequest(client *registry.Client, defaultReg, image string, f *rebaseFl
 	}
 	req.DryRun, req.Force, req.AllowCopy = f.dryRun, f.force, f.allowCopy
 	req.KeepOtherPlatforms, req.KeepAttestations = f.keepOtherPlatforms, f.keepAttestations
+	if f.backupTag != "" {
+		if req.Image.Tag == "" {
+			return req, usagef("--backup-tag needs IMAGE named by tag")
+		}
+		req.BackupTag = strings.ReplaceAll(f.backupTag, "{tag}", req.Image.Tag)
+		if _, err := name.NewTag("example.com/x:"+req.BackupTag, name.StrictValidation); err != nil || !isBareTag(req.BackupTag) {
+			return req, usagef(fmt.Sprintf("--backup-tag %q does not make a valid tag (%q)", f.backupTag, req.BackupTag))
+		}
+	}
 	for _, s := range f.platforms {
 		p, err := platform.Parse(s)
 		if err != nil {
@@ -257,6 +269,9 @@ func printResult(w io.Writer, f *rebaseFlags, res *engine.Result) error {
 		fmt.Fprintf(w, "  after   %s\n", res.After)
 		if res.Replaced != nil && *res.Replaced != res.Before {
 			fmt.Fprintf(w, "  replaced %s (the tag's previous image)\n", *res.Replaced)
+		}
+		if res.Backup != "" {
+			fmt.Fprintf(w, "  backup  %s (the previous image, kept)\n", res.Backup)
 		}
 		fmt.Fprintf(w, "  layers  %d mounted, %d copied (%d bytes)\n", res.Transferred.Mounted, res.Transferred.Copied, res.Transferred.CopiedBytes)
 	}
