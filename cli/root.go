@@ -121,7 +121,7 @@ func classicRegistry(arg string) (host string, plainHTTP bool, err error) {
 		host = arg
 	}
 	host = strings.TrimSuffix(host, "/")
-	if host == "" || strings.ContainsAny(host, "/@ ") {
+	if !registry.ValidHost(host) {
 		return "", false, usagef(fmt.Sprintf("invalid registry %q: want host[:port] or http(s)://host[:port]", arg))
 	}
 	return host, plainHTTP, nil

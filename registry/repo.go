@@ -8,6 +8,7 @@ import (
 	"io"
 	"net/http"
 	"net/url"
+	"strconv"
 	"strings"
 
 	"github.com/google/go-containerregistry/pkg/name"
@@ -31,6 +32,9 @@ var _ engine.WritableRepo = (*Repo)(nil)
 // host belongs to defaultRegistry (the REGISTRY argument of the classic
 // form) when it is set, else to Docker Hub. write asks for push access.
 func (c *Client) Parse(ref, defaultRegistry string, write bool) (engine.Location, error) {
+	if defaultRegistry != "" && !ValidHost(defaultRegistry) {
+		return engine.Location{}, fmt.Errorf("invalid registry %q: want host[:port]", defaultRegistry)
+	}
 	opts := c.nameOptions(defaultRegistry)
 	if defaultRegistry != "" && c.IsInsecure(defaultRegistry) {
 		opts = append(opts, name.Insecure)
@@ -58,6 +62,37 @@ func (c *Client) Parse(ref, defaultRegistry string, write bool) (engine.Location
 		loc.Tag = r.TagStr()
 	}
 	return loc, nil
+}
+
+// ValidHost reports whether s is a registry host: a DNS name, an IPv4
+// address or a bracketed IPv6 address, with an optional port.
+func ValidHost(s string) bool {
+	u, err := url.Parse("//" + s)
+	if err != nil || u.Host != s || u.User != nil || u.Hostname() == "" {
+		return false
+	}
+	if p := u.Port(); p != "" {
+		if n, err := strconv.Atoi(p); err != nil || n < 1 || n > 65535 {
+			return false
+		}
+	} else if strings.HasSuffix(s, ":") {
+		return false
+	}
+	h := u.Hostname()
+	if strings.Contains(h, ":") {
+		return true // IPv6, already checked by url.Parse
+	}
+	for _, label := range strings.Split(h, ".") {
+		if label == "" || len(label) > 63 || label[0] == '-' || label[len(label)-1] == '-' {
+			return false
+		}
+		for _, r := range label {
+			if !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '-') {
+				return false
+			}
+		}
+	}
+	return true
 }
 
 // Name returns "host/repository".
