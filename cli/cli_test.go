@@ -5,10 +5,13 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"fmt"
+	"io"
 	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"testing"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
@@ -254,5 +257,55 @@ func TestBackupTagKeepsThePreviousImage(t *testing.T) {
 	code, _, stderr = run(t, "http://"+reg.Host, "app:1", "--from-base", "base:1", "--to-base", "base:2", "--backup-tag", "bad/{tag}")
 	if code != 2 || !strings.Contains(stderr, "--backup-tag") {
 		t.Fatalf("bad template: exit %d, %q", code, stderr)
+	}
+}
+
+// TestAuthorizationNotSentOnRedirect: registries redirect blob reads to
+// storage on another host; the credentials must stay with the registry.
+func TestAuthorizationNotSentOnRedirect(t *testing.T) {
+	const user, pass = "bob", "hunter2-secret"
+	var reg *regtest.Registry
+	var leaked, served atomic.Int32
+	storage := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Header.Get("Authorization") != "" {
+			leaked.Add(1)
+		}
+		served.Add(1)
+		// Serve the blob from the registry itself, as object storage would.
+		req, _ := http.NewRequest(http.MethodGet, "http://"+reg.Host+r.URL.Path, nil)
+		req.SetBasicAuth(user, pass)
+		req.Header.Set("X-Direct", "1")
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Error(err)
+			return
+		}
+		defer resp.Body.Close()
+		w.WriteHeader(resp.StatusCode)
+		io.Copy(w, resp.Body)
+	}))
+	defer storage.Close()
+	reg = regtest.Start(t, regtest.WithBasicAuth(user, pass), regtest.WithHandler(func(h http.Handler) http.Handler {
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if r.Method == http.MethodGet && strings.Contains(r.URL.Path, "/blobs/sha256:") && r.Header.Get("X-Direct") == "" {
+				http.Redirect(w, r, storage.URL+r.URL.Path, http.StatusTemporaryRedirect)
+				return
+			}
+			h.ServeHTTP(w, r)
+		})
+	}))
+	fixture(t, reg)
+	dir := t.TempDir()
+	os.WriteFile(filepath.Join(dir, "config.json"), []byte(fmt.Sprintf(`{"auths":{%q:{"auth":%q}}}`, reg.Host, b64(user+":"+pass))), 0o600)
+	t.Setenv("DOCKER_CONFIG", dir)
+	code, _, stderr := run(t, "http://"+reg.Host, "app:1", "--from-base", "base:1", "--to-base", "base:2")
+	if code != 0 {
+		t.Fatalf("exit %d: %s", code, stderr)
+	}
+	if served.Load() == 0 {
+		t.Fatal("no blob read went through the redirect")
+	}
+	if leaked.Load() != 0 {
+		t.Fatalf("%d redirected requests carried an Authorization header", leaked.Load())
 	}
 }
