@@ -14,7 +14,10 @@ import (
 	"sync/atomic"
 	"testing"
 
+	"github.com/google/go-containerregistry/pkg/name"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/remote"
+	"github.com/google/go-containerregistry/pkg/v1/static"
 	"github.com/google/go-containerregistry/pkg/v1/types"
 
 	"github.com/image-rebase/image-rebase/cli"
@@ -29,9 +32,18 @@ const schema1 = `{"schemaVersion":1,"name":"legacy","tag":"1","architecture":"am
 func startRegistry(t *testing.T, opts ...regtest.Option) *regtest.Registry {
 	return regtest.Start(t, append(opts, regtest.WithHandler(func(h http.Handler) http.Handler {
 		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-			if r.URL.Path == "/v2/legacy/manifests/1" {
+			switch r.URL.Path {
+			case "/v2/legacy/manifests/1":
 				w.Header().Set("Content-Type", string(types.DockerManifestSchema1Signed))
 				w.Write([]byte(schema1))
+				return
+			case "/v2/huge/manifests/1":
+				w.Header().Set("Content-Type", string(types.OCIManifestSchema1))
+				w.Write([]byte(`{"schemaVersion":2,"padding":"` + strings.Repeat("x", 5<<20) + `"}`))
+				return
+			case "/v2/corrupt/manifests/1":
+				w.Header().Set("Content-Type", string(types.OCIManifestSchema1))
+				w.Write([]byte(`{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{"mediaType":`))
 				return
 			}
 			h.ServeHTTP(w, r)
@@ -49,6 +61,40 @@ func image(t *testing.T, parent v1.Image, arch, env string, files map[string]str
 }
 
 // fixture pushes base:1, base:2, app:1 (on base:1) and more.
+// pushOdd pushes, for real, documents that are not rebaseable images: an
+// artifact (a Helm chart) and an image whose config is not JSON.
+func pushOdd(t *testing.T, reg *regtest.Registry) {
+	t.Helper()
+	l, err := testimage.Layer(map[string]string{"f": "x"}, types.OCILayer)
+	if err != nil {
+		t.Fatal(err)
+	}
+	repo, _ := name.NewRepository(reg.Ref("odd"))
+	put := func(tag string, cfgMT types.MediaType, cfg []byte) {
+		cl := static.NewLayer(cfg, cfgMT)
+		for _, b := range []v1.Layer{l, cl} {
+			if err := remote.WriteLayer(repo, b, remote.WithAuth(reg.Auth)); err != nil {
+				t.Fatal(err)
+			}
+		}
+		cd, _ := cl.Digest()
+		ld, _ := l.Digest()
+		ls, _ := l.Size()
+		m := fmt.Sprintf(`{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{"mediaType":%q,"size":%d,"digest":%q},"layers":[{"mediaType":"application/vnd.oci.image.layer.v1.tar+gzip","size":%d,"digest":%q}]}`,
+			cfgMT, len(cfg), cd, ls, ld)
+		if err := remote.Put(repo.Tag(tag), rawManifest(m), remote.WithAuth(reg.Auth)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	put("chart", "application/vnd.cncf.helm.config.v1+json", []byte(`{"name":"chart"}`))
+	put("badconfig", types.OCIConfigJSON, []byte(`{"architecture":"amd64","os":`))
+}
+
+type rawManifest string
+
+func (r rawManifest) RawManifest() ([]byte, error)         { return []byte(r), nil }
+func (r rawManifest) MediaType() (types.MediaType, error) { return types.OCIManifestSchema1, nil }
+
 func fixture(t *testing.T, reg *regtest.Registry) {
 	b1 := image(t, nil, "amd64", "V=1", map[string]string{"os": "one"})
 	reg.Push(t, "base:1", b1)
@@ -118,6 +164,7 @@ func TestTagWritesElsewhereAndDryRunWritesNothing(t *testing.T) {
 func TestBadInputsFailInOneLineAndWriteNothing(t *testing.T) {
 	reg := startRegistry(t)
 	fixture(t, reg)
+	pushOdd(t, reg)
 	h := "http://" + reg.Host
 	tests := []struct {
 		name string
@@ -135,6 +182,11 @@ func TestBadInputsFailInOneLineAndWriteNothing(t *testing.T) {
 		{"old base not a prefix", []string{h, "app:1", "--from-base", "other:1", "--to-base", "base:2"}, 4, "is not built on " + reg.Host + "/other:1: layer 1 differs"},
 		{"platform mismatch", []string{h, "app:1", "--from-base", "base:1", "--to-base", "base:arm"}, 4, "platform mismatch"},
 		{"schema 1", []string{h, "legacy:1", "--from-base", "base:1", "--to-base", "base:2"}, 4, "schema 1"},
+		{"huge manifest", []string{h, "huge:1", "--from-base", "base:1", "--to-base", "base:2"}, 4, "limit"},
+		{"corrupt manifest", []string{h, "corrupt:1", "--from-base", "base:1", "--to-base", "base:2"}, 4, "unsupported manifest"},
+		{"artifact", []string{h, "odd:chart", "--from-base", "base:1", "--to-base", "base:2"}, 4, "not a container image"},
+		{"corrupt config", []string{h, "odd:badconfig", "--from-base", "base:1", "--to-base", "base:2"}, 4, "decoding config"},
+		{"base is an artifact", []string{h, "app:1", "--from-base", "base:1", "--to-base", "odd:chart"}, 4, "not a container image"},
 		{"target exists", []string{h, "app:1", "--from-base", "base:1", "--to-base", "base:2", "-t", "taken"}, 4, "already exists"},
 		{"bad output", []string{h, "app:1", "--from-base", "base:1", "--to-base", "base:2", "-o", "yaml"}, 2, "--output"},
 		{"bad platform", []string{h, "app:1", "--from-base", "base:1", "--to-base", "base:2", "--platform", "linux"}, 2, "--platform"},

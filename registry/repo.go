@@ -133,7 +133,7 @@ func (r *Repo) Manifest(ctx context.Context, id string) (v1.Descriptor, []byte, 
 		return v1.Descriptor{}, nil, &AccessError{Op: "reading manifest", Ref: ref.Name(), Err: err}
 	}
 	if d.Size > manifest.MaxDocumentSize {
-		return v1.Descriptor{}, nil, fmt.Errorf("manifest %s is %d bytes, over the %d byte limit", ref.Name(), d.Size, manifest.MaxDocumentSize)
+		return v1.Descriptor{}, nil, &manifest.InvalidError{Ref: ref.Name(), What: fmt.Sprintf("manifest of %d bytes is over the %d byte limit", d.Size, manifest.MaxDocumentSize)}
 	}
 	return d.Descriptor, d.Manifest, nil
 }
@@ -142,7 +142,7 @@ func (r *Repo) Manifest(ctx context.Context, id string) (v1.Descriptor, []byte, 
 func (r *Repo) Blob(ctx context.Context, d v1.Descriptor) ([]byte, error) {
 	ref := r.repo.Digest(d.Digest.String())
 	if d.Size > manifest.MaxDocumentSize {
-		return nil, fmt.Errorf("blob %s is %d bytes, over the %d byte limit for configs", ref.Name(), d.Size, manifest.MaxDocumentSize)
+		return nil, &manifest.InvalidError{Ref: ref.Name(), What: fmt.Sprintf("config of %d bytes is over the %d byte limit", d.Size, manifest.MaxDocumentSize)}
 	}
 	opts, err := r.options(ctx)
 	if err != nil {
@@ -162,10 +162,10 @@ func (r *Repo) Blob(ctx context.Context, d v1.Descriptor) ([]byte, error) {
 		return nil, &AccessError{Op: "reading blob", Ref: ref.Name(), Err: err}
 	}
 	if int64(len(b)) != d.Size {
-		return nil, fmt.Errorf("blob %s: got %d bytes, descriptor says %d", ref.Name(), len(b), d.Size)
+		return nil, &manifest.InvalidError{Ref: ref.Name(), What: fmt.Sprintf("got %d bytes, the descriptor says %d", len(b), d.Size)}
 	}
 	if h, _, _ := v1.SHA256(bytes.NewReader(b)); h != d.Digest {
-		return nil, fmt.Errorf("blob %s: content digest is %s", ref.Name(), h)
+		return nil, &manifest.InvalidError{Ref: ref.Name(), What: "content digest is " + h.String()}
 	}
 	return b, nil
 }
