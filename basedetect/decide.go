@@ -111,7 +111,14 @@ func (c *Choice) Decide(in Input) (*Decision, error) {
 			"the %s annotation's old base %s has %d layers, but %s puts the boundary after %d; %s decides",
 			manifest.BaseDigestAnnotation, in.Old.Descriptor.Digest, len(in.Old.Manifest.Layers), c.Method, layers, c.Method)})
 	}
-	old, note := derive(img, fmt.Sprintf("%s (bottom %d layers, by %s)", img.Ref, layers, c.Method), entries, layers)
+	name := img.Ref
+	switch {
+	case c.Method == ByLabel:
+		name = c.Label.Value
+	case c.Method == ByAnnotation:
+		name = c.Annotation.Name
+	}
+	old, note := derive(img, fmt.Sprintf("%s as built (the image's bottom %d layers)", name, layers), entries, layers)
 	d.Old = old
 	d.Reasons = append(d.Reasons, note)
 	return d, nil
