@@ -114,11 +114,16 @@ func rebaseDetected(ctx context.Context, req Request, target WritableRepo, img, 
 			session.Cancel(context.WithoutCancel(ctx))
 		}
 	}
+	// The old base by digest is optional: without it the boundary comes
+	// from the image's history, and the reasons say why.
 	missing := ""
-	if errors.Is(oldErr, ErrNotFound) {
-		missing, oldErr = "is gone from the registry", nil
+	switch {
+	case errors.Is(oldErr, ErrNotFound):
+		missing = "is gone from the registry"
+	case oldErr != nil:
+		missing = "could not be read (" + oldErr.Error() + ")"
 	}
-	if err := firstError(nwErr, oldErr, sessionErr); err != nil {
+	if err := firstError(nwErr, sessionErr); err != nil {
 		cancel()
 		return nil, err
 	}
