@@ -5,12 +5,14 @@ import (
 	"fmt"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/google/go-containerregistry/pkg/name"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/mutate"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 
+	"github.com/image-rebase/image-rebase/internal/proxytest"
 	"github.com/image-rebase/image-rebase/internal/regtest"
 	ti "github.com/image-rebase/image-rebase/internal/testimage"
 	"github.com/image-rebase/image-rebase/manifest"
@@ -351,4 +353,46 @@ func TestDetectionRefusals(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestLabelModeRoundTrips: the label is in the image's config, so the new
+// base can be resolved only after it: two round trips more than
+// --from-base, and no request that is not needed.
+func TestLabelModeRoundTrips(t *testing.T) {
+	reg := startRegistry(t)
+	proxy := proxytest.Start(reg.Host, proxytest.WithLatency(20*time.Millisecond))
+	defer proxy.Close()
+	h := "http://" + proxy.Host()
+	b1, b2 := baseVersion(t, "1"), baseVersion(t, "2")
+	reg.Push(t, "base:1", b1)
+	reg.Push(t, "base:old", b1)
+	reg.Push(t, "app:1", app(t, b1, "base:1", false))
+	reg.Push(t, "app:2", app(t, b1, "base:1", false))
+
+	check := func(what string, wantRounds int, wantByClass map[string]int, args ...string) {
+		t.Helper()
+		proxy.Reset()
+		if code, out, stderr := run(t, append([]string{h}, args...)...); code != 0 {
+			t.Fatalf("%s: exit %d\n%s%s", what, code, out, stderr)
+		}
+		s := proxy.Stats()
+		if s.RoundTrips != wantRounds || fmt.Sprint(s.ByClass) != fmt.Sprint(wantByClass) {
+			t.Errorf("%s: %d round trips %v; want %d %v\n%s", what, s.RoundTrips, s.ByClass, wantRounds, wantByClass, logOf(proxy))
+		}
+	}
+	// ping; image manifest; image config; base:1 manifest; base:1 config.
+	check("up to date", 5, map[string]int{"ping": 1, "manifest": 2, "blob": 2}, "app:1")
+	reg.Push(t, "base:1", b2)
+	// ... base:1 config with the config upload opened; the layer mount,
+	// the config upload and the tag check; the manifest.
+	check("rebase", 7, map[string]int{"ping": 1, "manifest": 4, "blob": 2, "blob-upload": 3}, "app:1")
+	check("--from-base", 5, map[string]int{"ping": 1, "manifest": 5, "blob": 3, "blob-upload": 3}, "app:2", "--from-base", "base:old", "--to-base", "base:1")
+}
+
+func logOf(p *proxytest.Proxy) string {
+	var b strings.Builder
+	for _, e := range p.Log() {
+		fmt.Fprintf(&b, "  %s %s %d\n", e.Method, e.Path, e.Status)
+	}
+	return b.String()
 }
