@@ -118,7 +118,7 @@ func (c *Choice) Decide(in Input) (*Decision, error) {
 	case c.Method == ByAnnotation:
 		name = c.Annotation.Name
 	}
-	old, note := derive(img, fmt.Sprintf("%s as built (the image's bottom %d layers)", name, layers), entries, layers)
+	old, note := derive(img, name+" as built", entries, layers)
 	d.Old = old
 	d.Reasons = append(d.Reasons, note)
 	return d, nil
