@@ -8,6 +8,7 @@ import (
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 
+	"github.com/image-rebase/image-rebase/basedetect"
 	"github.com/image-rebase/image-rebase/manifest"
 	"github.com/image-rebase/image-rebase/platform"
 	"github.com/image-rebase/image-rebase/rebase"
@@ -17,9 +18,13 @@ import (
 type Request struct {
 	// Image is the application image.
 	Image Location
-	// From is the old base.
+	// From is the old base. Leave it unset (nil Repo) to find the old base
+	// from what the image records, as Detect says.
 	From Location
-	// To is the new base.
+	// Detect configures base detection, used when From is unset.
+	Detect Detect
+	// To is the new base. When From is unset it may be unset too: the
+	// base the image names is then resolved now and becomes the new base.
 	To Location
 	// Target is where the result is written; its Repo must be a
 	// WritableRepo unless DryRun is set. Usually Image itself.
@@ -80,6 +85,8 @@ type Result struct {
 	Plan *rebase.Plan `json:"plan,omitempty"`
 	// Platforms holds one result per platform of an index.
 	Platforms []PlatformResult `json:"platforms,omitempty"`
+	// Detection says how the old base was found, when it was not given.
+	Detection *basedetect.Decision `json:"detection,omitempty"`
 }
 
 // PlatformResult is the outcome for one platform of an index.
@@ -119,7 +126,9 @@ func Rebase(ctx context.Context, req Request) (*Result, error) {
 	var existing targetState
 	var wg sync.WaitGroup
 	for i, loc := range locs {
-		wg.Go(func() { docs[i], errs[i] = fetchDoc(ctx, loc) })
+		if loc.Repo != nil {
+			wg.Go(func() { docs[i], errs[i] = fetchDoc(ctx, loc) })
+		}
 	}
 	if target != nil && req.Target.String() != req.Image.String() {
 		wg.Go(func() { existing = resolveTarget(ctx, target, req.Target.Tag) })
@@ -135,7 +144,9 @@ func Rebase(ctx context.Context, req Request) (*Result, error) {
 		return nil, &TargetExistsError{Target: req.Target.String(), Digest: existing.digest}
 	}
 	var res *Result
-	if docs[0].kind == manifest.KindIndex {
+	if req.From.Repo == nil {
+		res, err = rebaseDetected(ctx, req, target, docs[0], docs[2])
+	} else if docs[0].kind == manifest.KindIndex {
 		res, err = rebaseIndex(ctx, req, target, docs[0], docs[1], docs[2])
 	} else {
 		res, err = rebaseImage(ctx, req, target, docs[0], docs[1], docs[2])
