@@ -38,6 +38,7 @@ type rebaseFlags struct {
 	tag       string
 	force     bool
 	dryRun    bool
+	strict    bool
 	allowCopy bool
 	output    string
 	insecure  []string
@@ -87,6 +88,7 @@ a host are names in that registry. Without REGISTRY, give full references
 	fl.StringVarP(&f.tag, "tag", "t", "", "write the result to this tag (or full reference) instead of updating IMAGE in place")
 	fl.BoolVar(&f.force, "force", false, "overwrite a target tag that names another image")
 	fl.BoolVar(&f.dryRun, "dry-run", false, "print the plan and write nothing")
+	fl.BoolVar(&f.strict, "strict", false, "refuse (exit 4, nothing written) when the plan has any warning")
 	fl.BoolVar(&f.allowCopy, "allow-copy", false, "stream a layer registry to registry when the registry refuses to mount it")
 	fl.StringVarP(&f.output, "output", "o", "text", "output format: text or json")
 	fl.StringArrayVar(&f.platforms, "platform", nil, "rebase only this platform of an index (os/arch[/variant]; repeatable)")
@@ -158,6 +160,12 @@ func runRebase(ctx context.Context, f *rebaseFlags, args []string, stdout, stder
 	}
 	res, err := engine.Rebase(ctx, req)
 	if err != nil {
+		if res != nil && res.Action == engine.Refused {
+			// --strict: show the plan's warnings, then fail.
+			if perr := printResult(stdout, f, res); perr != nil {
+				return perr
+			}
+		}
 		return err
 	}
 	return printResult(stdout, f, res)
@@ -198,7 +206,7 @@ func buildRequest(client *registry.Client, defaultReg, image string, f *rebaseFl
 			return req, usagef("--tag must name a tag, not a digest")
 		}
 	}
-	req.DryRun, req.Force, req.AllowCopy = f.dryRun, f.force, f.allowCopy
+	req.DryRun, req.Force, req.AllowCopy, req.Strict = f.dryRun, f.force, f.allowCopy, f.strict
 	req.KeepOtherPlatforms, req.KeepAttestations = f.keepOtherPlatforms, f.keepAttestations
 	for _, s := range f.platforms {
 		p, err := platform.Parse(s)
