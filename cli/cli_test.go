@@ -1,146 +1,44 @@
 package cli_test
 
 import (
-	"archive/tar"
 	"bytes"
-	"context"
 	"encoding/base64"
 	"encoding/json"
 	"fmt"
-	"io"
 	"net/http"
-	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 
-	"github.com/distribution/distribution/v3/configuration"
-	_ "github.com/distribution/distribution/v3/registry/auth/htpasswd"
-	"github.com/distribution/distribution/v3/registry/handlers"
-	_ "github.com/distribution/distribution/v3/registry/storage/driver/inmemory"
-	"github.com/google/go-containerregistry/pkg/authn"
-	"github.com/google/go-containerregistry/pkg/name"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
-	"github.com/google/go-containerregistry/pkg/v1/empty"
-	"github.com/google/go-containerregistry/pkg/v1/mutate"
-	"github.com/google/go-containerregistry/pkg/v1/remote"
-	"github.com/google/go-containerregistry/pkg/v1/tarball"
 	"github.com/google/go-containerregistry/pkg/v1/types"
-	"github.com/sirupsen/logrus"
-	"golang.org/x/crypto/bcrypt"
 
 	"github.com/image-rebase/image-rebase/cli"
+	"github.com/image-rebase/image-rebase/internal/regtest"
+	"github.com/image-rebase/image-rebase/internal/testimage"
 )
-
-type testRegistry struct {
-	host string
-	auth authn.Authenticator
-}
-
-func startRegistry(t *testing.T, user, pass string) *testRegistry {
-	t.Helper()
-	cfg := "version: 0.1\nstorage:\n  inmemory: {}\nlog:\n  level: error\n"
-	reg := &testRegistry{auth: authn.Anonymous}
-	if user != "" {
-		hash, err := bcrypt.GenerateFromPassword([]byte(pass), bcrypt.MinCost)
-		if err != nil {
-			t.Fatal(err)
-		}
-		file := filepath.Join(t.TempDir(), "htpasswd")
-		os.WriteFile(file, []byte(user+":"+string(hash)+"\n"), 0o600)
-		cfg += fmt.Sprintf("auth:\n  htpasswd:\n    realm: test\n    path: %s\n", file)
-		reg.auth = &authn.Basic{Username: user, Password: pass}
-	}
-	c, err := configuration.Parse(strings.NewReader(cfg))
-	if err != nil {
-		t.Fatal(err)
-	}
-	app := handlers.NewApp(context.Background(), c)
-	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		// Distribution no longer stores schema 1 manifests; serve one
-		// document of that kind beside the real registry.
-		if r.URL.Path == "/v2/legacy/manifests/1" {
-			w.Header().Set("Content-Type", string(types.DockerManifestSchema1Signed))
-			w.Write([]byte(schema1))
-			return
-		}
-		app.ServeHTTP(w, r)
-	}))
-	t.Cleanup(srv.Close)
-	reg.host = strings.TrimPrefix(srv.URL, "http://")
-	return reg
-}
-
-func (r *testRegistry) push(t *testing.T, repoTag string, img v1.Image) {
-	t.Helper()
-	ref, err := name.ParseReference(r.host + "/" + repoTag)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := remote.Write(ref, img, remote.WithAuth(r.auth)); err != nil {
-		t.Fatal(err)
-	}
-}
 
 const schema1 = `{"schemaVersion":1,"name":"legacy","tag":"1","architecture":"amd64","fsLayers":[{"blobSum":"sha256:a3ed95caeb02ffe68cdd9fd84406680ae93d633cb16422d00e8a7c22955b46d4"}],"history":[{"v1Compatibility":"{}"}]}`
 
-func init() { logrus.SetOutput(io.Discard) }
-
-// snapshot returns every repo:tag → digest, to prove that nothing was written.
-func (r *testRegistry) snapshot(t *testing.T) map[string]string {
-	t.Helper()
-	reg, _ := name.NewRegistry(r.host)
-	repos, err := remote.Catalog(context.Background(), reg, remote.WithAuth(r.auth))
-	if err != nil {
-		t.Fatal(err)
-	}
-	out := map[string]string{}
-	for _, repo := range repos {
-		rp, _ := name.NewRepository(r.host + "/" + repo)
-		tags, err := remote.List(rp, remote.WithAuth(r.auth))
-		if err != nil {
-			t.Fatal(err)
-		}
-		for _, tag := range tags {
-			d, err := remote.Head(rp.Tag(tag), remote.WithAuth(r.auth))
-			if err != nil {
-				t.Fatal(err)
+// startRegistry runs the real registry; it also serves one Docker schema 1
+// manifest (legacy:1), a kind Distribution no longer stores.
+func startRegistry(t *testing.T, opts ...regtest.Option) *regtest.Registry {
+	return regtest.Start(t, append(opts, regtest.WithHandler(func(h http.Handler) http.Handler {
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if r.URL.Path == "/v2/legacy/manifests/1" {
+				w.Header().Set("Content-Type", string(types.DockerManifestSchema1Signed))
+				w.Write([]byte(schema1))
+				return
 			}
-			out[repo+":"+tag] = d.Digest.String()
-		}
-	}
-	return out
-}
-
-func layer(t *testing.T, files map[string]string) v1.Layer {
-	var buf bytes.Buffer
-	tw := tar.NewWriter(&buf)
-	for n, c := range files {
-		tw.WriteHeader(&tar.Header{Name: n, Mode: 0o644, Size: int64(len(c)), Typeflag: tar.TypeReg})
-		tw.Write([]byte(c))
-	}
-	tw.Close()
-	l, err := tarball.LayerFromReader(&buf, tarball.WithMediaType(types.OCILayer))
-	if err != nil {
-		t.Fatal(err)
-	}
-	return l
+			h.ServeHTTP(w, r)
+		})
+	}))...)
 }
 
 func image(t *testing.T, parent v1.Image, arch, env string, files map[string]string) v1.Image {
-	if parent == nil {
-		parent = mutate.MediaType(mutate.ConfigMediaType(empty.Image, types.OCIConfigJSON), types.OCIManifestSchema1)
-	}
-	img, err := mutate.Append(parent, mutate.Addendum{Layer: layer(t, files), History: v1.History{CreatedBy: "COPY"}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	cf, _ := img.ConfigFile()
-	cf = cf.DeepCopy()
-	cf.OS, cf.Architecture = "linux", arch
-	cf.Config.Env = append(cf.Config.Env, env)
-	img, err = mutate.ConfigFile(img, cf)
+	t.Helper()
+	img, err := testimage.Build(parent, testimage.Platform{OS: "linux", Arch: arch}, testimage.Copy("COPY", files), testimage.Env(env))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -148,14 +46,14 @@ func image(t *testing.T, parent v1.Image, arch, env string, files map[string]str
 }
 
 // fixture pushes base:1, base:2, app:1 (on base:1) and more.
-func fixture(t *testing.T, reg *testRegistry) {
+func fixture(t *testing.T, reg *regtest.Registry) {
 	b1 := image(t, nil, "amd64", "V=1", map[string]string{"os": "one"})
-	reg.push(t, "base:1", b1)
-	reg.push(t, "base:2", image(t, nil, "amd64", "V=2", map[string]string{"os": "two"}))
-	reg.push(t, "base:arm", image(t, nil, "arm64", "V=2", map[string]string{"os": "arm"}))
-	reg.push(t, "other:1", image(t, nil, "amd64", "V=9", map[string]string{"os": "other"}))
-	reg.push(t, "app:1", image(t, b1, "amd64", "APP=1", map[string]string{"app": "app"}))
-	reg.push(t, "app:taken", image(t, nil, "amd64", "X=1", map[string]string{"x": "x"}))
+	reg.Push(t, "base:1", b1)
+	reg.Push(t, "base:2", image(t, nil, "amd64", "V=2", map[string]string{"os": "two"}))
+	reg.Push(t, "base:arm", image(t, nil, "arm64", "V=2", map[string]string{"os": "arm"}))
+	reg.Push(t, "other:1", image(t, nil, "amd64", "V=9", map[string]string{"os": "other"}))
+	reg.Push(t, "app:1", image(t, b1, "amd64", "APP=1", map[string]string{"app": "app"}))
+	reg.Push(t, "app:taken", image(t, nil, "amd64", "X=1", map[string]string{"x": "x"}))
 }
 
 func run(t *testing.T, args ...string) (int, string, string) {
@@ -166,10 +64,10 @@ func run(t *testing.T, args ...string) (int, string, string) {
 }
 
 func TestRebaseClassicForm(t *testing.T) {
-	reg := startRegistry(t, "", "")
+	reg := startRegistry(t)
 	fixture(t, reg)
-	before := reg.snapshot(t)
-	code, out, stderr := run(t, "http://"+reg.host, "app:1", "--from-base", "base:1", "--to-base", "base:2", "-o", "json")
+	before := reg.Snapshot(t)
+	code, out, stderr := run(t, "http://"+reg.Host, "app:1", "--from-base", "base:1", "--to-base", "base:2", "-o", "json")
 	if code != 0 {
 		t.Fatalf("exit %d: %s", code, stderr)
 	}
@@ -180,44 +78,44 @@ func TestRebaseClassicForm(t *testing.T) {
 	if err := json.Unmarshal([]byte(out), &res); err != nil {
 		t.Fatalf("output is not one JSON object: %v\n%s", err, out)
 	}
-	after := reg.snapshot(t)
+	after := reg.Snapshot(t)
 	if res.Action != "rebased" || res.Before != before["app:1"] || res.After != after["app:1"] || res.Transferred.Mounted != 1 || res.Transferred.Copied != 0 {
 		t.Fatalf("result %+v; app:1 %s → %s", res, before["app:1"], after["app:1"])
 	}
-	code, out, _ = run(t, "http://"+reg.host, "app:1", "--from-base", "base:1", "--to-base", "base:2")
+	code, out, _ = run(t, "http://"+reg.Host, "app:1", "--from-base", "base:1", "--to-base", "base:2")
 	if code != 0 || !strings.Contains(out, "is up to date") {
 		t.Fatalf("second run: exit %d, %s", code, out)
 	}
-	if again := reg.snapshot(t); fmt.Sprint(again) != fmt.Sprint(after) {
+	if again := reg.Snapshot(t); fmt.Sprint(again) != fmt.Sprint(after) {
 		t.Fatalf("up-to-date run wrote: %v → %v", after, again)
 	}
 }
 
 func TestTagWritesElsewhereAndDryRunWritesNothing(t *testing.T) {
-	reg := startRegistry(t, "", "")
+	reg := startRegistry(t)
 	fixture(t, reg)
-	before := reg.snapshot(t)
-	code, out, stderr := run(t, "http://"+reg.host, "app:1", "--from-base", "base:1", "--to-base", "base:2", "--dry-run")
+	before := reg.Snapshot(t)
+	code, out, stderr := run(t, "http://"+reg.Host, "app:1", "--from-base", "base:1", "--to-base", "base:2", "--dry-run")
 	if code != 0 || !strings.Contains(out, "new base, added") || !strings.Contains(out, "Env V: inherited, 1 → 2") || !strings.Contains(out, "nothing written") {
 		t.Fatalf("dry run: exit %d\n%s%s", code, out, stderr)
 	}
-	if now := reg.snapshot(t); fmt.Sprint(now) != fmt.Sprint(before) {
+	if now := reg.Snapshot(t); fmt.Sprint(now) != fmt.Sprint(before) {
 		t.Fatalf("dry run wrote: %v", now)
 	}
-	code, _, stderr = run(t, reg.host+"/app:1", "--insecure", "--from-base", reg.host+"/base:1", "--to-base", reg.host+"/base:2", "-t", reg.host+"/rebased/app:2")
+	code, _, stderr = run(t, reg.Host+"/app:1", "--insecure", "--from-base", reg.Host+"/base:1", "--to-base", reg.Host+"/base:2", "-t", reg.Host+"/rebased/app:2")
 	if code != 0 {
 		t.Fatalf("exit %d: %s", code, stderr)
 	}
-	now := reg.snapshot(t)
+	now := reg.Snapshot(t)
 	if now["app:1"] != before["app:1"] || now["rebased/app:2"] == "" {
 		t.Fatalf("after -t: %v", now)
 	}
 }
 
 func TestBadInputsFailInOneLineAndWriteNothing(t *testing.T) {
-	reg := startRegistry(t, "", "")
+	reg := startRegistry(t)
 	fixture(t, reg)
-	h := "http://" + reg.host
+	h := "http://" + reg.Host
 	tests := []struct {
 		name string
 		args []string
@@ -231,7 +129,7 @@ func TestBadInputsFailInOneLineAndWriteNothing(t *testing.T) {
 		{"unknown repository", []string{h, "nope:1", "--from-base", "base:1", "--to-base", "base:2"}, 3, "nope:1"},
 		{"unknown tag", []string{h, "app:9", "--from-base", "base:1", "--to-base", "base:2"}, 3, "app:9"},
 		{"unreachable registry", []string{"http://127.0.0.1:1", "app:1", "--from-base", "base:1", "--to-base", "base:2"}, 3, "127.0.0.1:1"},
-		{"old base not a prefix", []string{h, "app:1", "--from-base", "other:1", "--to-base", "base:2"}, 4, "is not built on " + reg.host + "/other:1: layer 1 differs"},
+		{"old base not a prefix", []string{h, "app:1", "--from-base", "other:1", "--to-base", "base:2"}, 4, "is not built on " + reg.Host + "/other:1: layer 1 differs"},
 		{"platform mismatch", []string{h, "app:1", "--from-base", "base:1", "--to-base", "base:arm"}, 4, "platform mismatch"},
 		{"schema 1", []string{h, "legacy:1", "--from-base", "base:1", "--to-base", "base:2"}, 4, "schema 1"},
 		{"target exists", []string{h, "app:1", "--from-base", "base:1", "--to-base", "base:2", "-t", "taken"}, 4, "already exists"},
@@ -240,7 +138,7 @@ func TestBadInputsFailInOneLineAndWriteNothing(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			before := reg.snapshot(t)
+			before := reg.Snapshot(t)
 			code, out, stderr := run(t, tt.args...)
 			if code != tt.code {
 				t.Errorf("exit %d, want %d; stderr %q", code, tt.code, stderr)
@@ -251,7 +149,7 @@ func TestBadInputsFailInOneLineAndWriteNothing(t *testing.T) {
 			if out != "" {
 				t.Errorf("stdout %q, want nothing", out)
 			}
-			if after := reg.snapshot(t); fmt.Sprint(after) != fmt.Sprint(before) {
+			if after := reg.Snapshot(t); fmt.Sprint(after) != fmt.Sprint(before) {
 				t.Errorf("registry changed: %v → %v", before, after)
 			}
 		})
@@ -260,19 +158,19 @@ func TestBadInputsFailInOneLineAndWriteNothing(t *testing.T) {
 
 func TestCredentialsFromDockerConfigAndNoSecretInLogs(t *testing.T) {
 	const user, pass = "alice", "s3cr3t-p4ss"
-	reg := startRegistry(t, user, pass)
+	reg := startRegistry(t, regtest.WithBasicAuth(user, pass))
 	fixture(t, reg)
 	dir := t.TempDir()
-	cfg := fmt.Sprintf(`{"auths":{%q:{"auth":%q}}}`, reg.host, b64(user+":"+pass))
+	cfg := fmt.Sprintf(`{"auths":{%q:{"auth":%q}}}`, reg.Host, b64(user+":"+pass))
 	os.WriteFile(filepath.Join(dir, "config.json"), []byte(cfg), 0o600)
 	t.Setenv("DOCKER_CONFIG", dir)
 	t.Setenv("REGISTRY_AUTH_FILE", filepath.Join(dir, "config.json"))
 
-	code, out, stderr := run(t, "http://"+reg.host, "app:1", "--from-base", "base:1", "--to-base", "base:2", "-v", "-o", "json")
+	code, out, stderr := run(t, "http://"+reg.Host, "app:1", "--from-base", "base:1", "--to-base", "base:2", "-v", "-o", "json")
 	if code != 0 {
 		t.Fatalf("exit %d: %s", code, stderr)
 	}
-	if !strings.Contains(stderr, "GET http://"+reg.host+"/v2/") {
+	if !strings.Contains(stderr, "GET http://"+reg.Host+"/v2/") {
 		t.Errorf("-v logged no requests: %s", stderr)
 	}
 	for _, secret := range []string{pass, b64(user + ":" + pass)} {
@@ -281,19 +179,59 @@ func TestCredentialsFromDockerConfigAndNoSecretInLogs(t *testing.T) {
 		}
 	}
 
-	wrong := fmt.Sprintf(`{"auths":{%q:{"auth":%q}}}`, reg.host, b64(user+":wrong"))
+	wrong := fmt.Sprintf(`{"auths":{%q:{"auth":%q}}}`, reg.Host, b64(user+":wrong"))
 	os.WriteFile(filepath.Join(dir, "config.json"), []byte(wrong), 0o600)
-	before := reg.snapshot(t)
-	code, _, stderr = run(t, "http://"+reg.host, "app:1", "--from-base", "base:1", "--to-base", "base:2", "-v")
+	before := reg.Snapshot(t)
+	code, _, stderr = run(t, "http://"+reg.Host, "app:1", "--from-base", "base:1", "--to-base", "base:2", "-v")
 	if code != 3 || !strings.Contains(stderr, "image-rebase: ") || !strings.Contains(stderr, "401") {
 		t.Fatalf("wrong credentials: exit %d, %q", code, stderr)
 	}
 	if strings.Contains(stderr, "wrong") {
 		t.Fatalf("password leaked: %s", stderr)
 	}
-	if after := reg.snapshot(t); fmt.Sprint(after) != fmt.Sprint(before) {
+	if after := reg.Snapshot(t); fmt.Sprint(after) != fmt.Sprint(before) {
 		t.Fatalf("registry changed")
 	}
 }
 
 func b64(s string) string { return base64.StdEncoding.EncodeToString([]byte(s)) }
+
+func TestLayersAreNeverCopiedUnlessAllowed(t *testing.T) {
+	apps, bases := startRegistry(t), startRegistry(t)
+	b1 := image(t, nil, "amd64", "V=1", map[string]string{"os": "one"})
+	b2 := image(t, nil, "amd64", "V=2", map[string]string{"os": "two"})
+	apps.Push(t, "base:1", b1)
+	bases.Push(t, "base:2", b2)
+	apps.Push(t, "app:1", image(t, b1, "amd64", "APP=1", map[string]string{"app": "app"}))
+	args := []string{apps.Host + "/app:1", "--insecure", "--from-base", apps.Host + "/base:1", "--to-base", bases.Host + "/base:2", "-o", "json"}
+
+	before := apps.Snapshot(t)
+	code, _, stderr := run(t, args...)
+	if code != 4 || !strings.Contains(stderr, "--allow-copy") {
+		t.Fatalf("cross-registry without --allow-copy: exit %d, %q", code, stderr)
+	}
+	if after := apps.Snapshot(t); fmt.Sprint(after) != fmt.Sprint(before) {
+		t.Fatalf("registry changed: %v → %v", before, after)
+	}
+
+	code, out, stderr := run(t, append(args, "--allow-copy")...)
+	if code != 0 {
+		t.Fatalf("with --allow-copy: exit %d, %s", code, stderr)
+	}
+	var res struct {
+		Transferred struct {
+			Copied      int
+			CopiedBytes int64
+		}
+	}
+	json.Unmarshal([]byte(out), &res)
+	l, _ := b2.Layers()
+	size, _ := l[0].Size()
+	if res.Transferred.Copied != 1 || res.Transferred.CopiedBytes != size {
+		t.Fatalf("reported %+v, want 1 layer of %d bytes copied", res.Transferred, size)
+	}
+	d, _ := l[0].Digest()
+	if !apps.BlobExists(t, "app", d) {
+		t.Fatalf("copied layer %s is not in the target repository", d)
+	}
+}

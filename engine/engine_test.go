@@ -1,48 +1,27 @@
 package engine_test
 
 import (
-	"archive/tar"
-	"bytes"
 	"context"
-	"net/http/httptest"
 	"strings"
 	"testing"
 
-	"github.com/distribution/distribution/v3/configuration"
-	"github.com/distribution/distribution/v3/registry/handlers"
-	_ "github.com/distribution/distribution/v3/registry/storage/driver/inmemory"
 	"github.com/google/go-containerregistry/pkg/name"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/empty"
 	"github.com/google/go-containerregistry/pkg/v1/mutate"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
-	"github.com/google/go-containerregistry/pkg/v1/tarball"
 	"github.com/google/go-containerregistry/pkg/v1/types"
 
 	"github.com/image-rebase/image-rebase/engine"
+	"github.com/image-rebase/image-rebase/internal/regtest"
+	"github.com/image-rebase/image-rebase/internal/testimage"
 	"github.com/image-rebase/image-rebase/registry"
 )
 
-func startRegistry(t *testing.T) string {
-	cfg, err := configuration.Parse(strings.NewReader("version: 0.1\nstorage:\n  inmemory: {}\nlog:\n  level: error\n"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	app := handlers.NewApp(context.Background(), cfg)
-	srv := httptest.NewServer(app)
-	t.Cleanup(srv.Close)
-	return strings.TrimPrefix(srv.URL, "http://")
-}
+func startRegistry(t *testing.T) string { return regtest.Start(t).Host }
 
 func layerOf(t *testing.T, files map[string]string) v1.Layer {
-	var buf bytes.Buffer
-	tw := tar.NewWriter(&buf)
-	for n, c := range files {
-		tw.WriteHeader(&tar.Header{Name: n, Mode: 0o644, Size: int64(len(c)), Typeflag: tar.TypeReg})
-		tw.Write([]byte(c))
-	}
-	tw.Close()
-	l, err := tarball.LayerFromReader(&buf, tarball.WithMediaType(types.OCILayer))
+	l, err := testimage.Layer(files, types.OCILayer)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -114,6 +114,8 @@ func (c *Client) transport(ctx context.Context, reg name.Registry) (http.RoundTr
 		base := c.opts.Transport
 		if c.IsInsecure(reg.RegistryStr()) {
 			base = insecureTransport(base)
+		} else {
+			base = httpsOnly{inner: base, reg: reg.RegistryStr()}
 		}
 		if c.opts.Log != nil {
 			base = &logTransport{inner: base, w: c.opts.Log}
@@ -144,6 +146,21 @@ func insecureTransport(base http.RoundTripper) http.RoundTripper {
 	}
 	t.TLSClientConfig.InsecureSkipVerify = true //nolint:gosec // only for registries the user named with --insecure
 	return t
+}
+
+// httpsOnly refuses plain HTTP to a registry the user did not name with
+// --insecure (go-containerregistry would otherwise fall back to HTTP for
+// loopback and private addresses).
+type httpsOnly struct {
+	inner http.RoundTripper
+	reg   string
+}
+
+func (h httpsOnly) RoundTrip(r *http.Request) (*http.Response, error) {
+	if r.URL.Scheme == "http" && r.URL.Host == h.reg {
+		return nil, fmt.Errorf("plain HTTP to %s is not allowed; pass --insecure=%s or use http://%s as REGISTRY", h.reg, h.reg, h.reg)
+	}
+	return h.inner.RoundTrip(r)
 }
 
 // logTransport writes one line per request: method, URL without query
@@ -206,6 +223,10 @@ func (e *AccessError) Unwrap() error { return e.Err }
 
 // describe shortens go-containerregistry's errors to one line.
 func describe(err error) string {
+	var cv *tls.CertificateVerificationError
+	if errors.As(err, &cv) {
+		return fmt.Sprintf("TLS certificate not trusted (%v); add its CA to the system store or SSL_CERT_FILE, or pass --insecure for this registry", cv.Err)
+	}
 	var te *transport.Error
 	if errors.As(err, &te) {
 		switch te.StatusCode {

@@ -32,8 +32,10 @@ type Proxy struct {
 type Entry struct {
 	Method, Path string
 	Class        string
-	Status       int
-	Start, End   time.Time
+	// Digest is the blob a blob request reads or an upload commits.
+	Digest     string
+	Status     int
+	Start, End time.Time
 	// BlobBytesOut counts blob bytes served by GET /v2/<name>/blobs/...;
 	// BlobBytesIn counts bytes uploaded to /v2/<name>/blobs/uploads/.
 	BlobBytesOut, BlobBytesIn int64
@@ -70,6 +72,15 @@ func Start(backend string, opts ...Option) *Proxy {
 	p.srv = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		n := int(p.n.Add(1))
 		e := Entry{Method: r.Method, Path: r.URL.Path, Class: Classify(r.Method, r.URL.Path), Start: time.Now()}
+		switch e.Class {
+		case "blob":
+			e.Digest = r.URL.Path[strings.LastIndexByte(r.URL.Path, '/')+1:]
+		case "blob-upload":
+			e.Digest = r.URL.Query().Get("digest")
+			if e.Digest == "" {
+				e.Digest = r.URL.Query().Get("mount")
+			}
+		}
 		defer func() {
 			e.End = time.Now()
 			p.mu.Lock()
@@ -140,8 +151,21 @@ type Stats struct {
 	RoundTrips int
 	// ByClass counts requests per Classify class.
 	ByClass map[string]int
-	// LayerBytes counts blob bytes downloaded and uploaded.
+	// BlobBytesDown and BlobBytesUp count blob bytes downloaded and
+	// uploaded (configs included).
 	BlobBytesDown, BlobBytesUp int64
+}
+
+// BytesOf sums the blob bytes moved, either way, for the digests keep
+// selects (e.g. the layers, leaving configs out).
+func (p *Proxy) BytesOf(keep func(digest string) bool) int64 {
+	var n int64
+	for _, e := range p.Log() {
+		if keep(e.Digest) {
+			n += e.BlobBytesOut + e.BlobBytesIn
+		}
+	}
+	return n
 }
 
 // Stats returns a summary of the log.
@@ -233,4 +257,3 @@ func (c *countingWriter) Flush() {
 		f.Flush()
 	}
 }
-

@@ -1,0 +1,315 @@
+// Package e2e tests the image-rebase binary end to end against Debian's
+// docker-registry run as a separate server, with images built by buildah
+// from real Dockerfiles and results checked by skopeo and umoci.
+package e2e
+
+import (
+	"bytes"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/base64"
+	"encoding/pem"
+	"fmt"
+	"math/big"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+var (
+	binary      string // the image-rebase binary under test
+	buildahRoot string // one buildah storage for the whole run
+)
+
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "image-rebase-e2e-")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	binary = filepath.Join(dir, "image-rebase")
+	buildahRoot = filepath.Join(dir, "buildah")
+	build := exec.Command("go", "build", "-o", binary, "../cmd/image-rebase")
+	build.Stderr = os.Stderr
+	if err := build.Run(); err != nil {
+		fmt.Fprintln(os.Stderr, "building the binary:", err)
+		os.Exit(1)
+	}
+	code := m.Run()
+	// vfs layers are read-only directories for buildah's own user namespace
+	// tricks; as root a plain RemoveAll works.
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+// need skips the test when a tool is missing, or fails it in CI, where
+// every tool must be installed.
+func need(t *testing.T, tools ...string) {
+	t.Helper()
+	for _, tool := range tools {
+		if _, err := exec.LookPath(tool); err != nil {
+			if os.Getenv("CI") != "" {
+				t.Fatalf("%s is required in CI (see .ci/run): %v", tool, err)
+			}
+			t.Skipf("%s is not installed; skipping (install it to run the end-to-end tests)", tool)
+		}
+	}
+}
+
+// registryServer is a docker-registry process with TLS and basic auth.
+type registryServer struct {
+	Host     string
+	User     string
+	Pass     string
+	CertDir  string // holds ca.crt, for skopeo and buildah --cert-dir
+	CAFile   string // for SSL_CERT_FILE
+	AuthDir  string // holds config.json, for DOCKER_CONFIG
+	AuthFile string // the same file, for REGISTRY_AUTH_FILE
+}
+
+// startRegistry runs Debian's docker-registry on a free loopback port with
+// a self-signed certificate and htpasswd authentication.
+func startRegistry(t *testing.T) *registryServer {
+	t.Helper()
+	need(t, "docker-registry", "htpasswd")
+	dir := t.TempDir()
+	r := &registryServer{User: "ci", Pass: "pa55-" + randomHex(t, 6), CertDir: filepath.Join(dir, "certs"), AuthDir: filepath.Join(dir, "auth")}
+	port := freePort(t)
+	r.Host = fmt.Sprintf("127.0.0.1:%d", port)
+
+	certPEM, keyPEM := selfSigned(t)
+	os.MkdirAll(r.CertDir, 0o755)
+	os.MkdirAll(r.AuthDir, 0o700)
+	r.CAFile = filepath.Join(r.CertDir, "ca.crt")
+	write(t, r.CAFile, certPEM)
+	keyFile := filepath.Join(dir, "key.pem")
+	write(t, keyFile, keyPEM)
+	out, err := exec.Command("htpasswd", "-Bbn", r.User, r.Pass).Output()
+	if err != nil {
+		t.Fatalf("htpasswd: %v", err)
+	}
+	write(t, filepath.Join(dir, "htpasswd"), out)
+	r.AuthFile = filepath.Join(r.AuthDir, "config.json")
+	auth := base64.StdEncoding.EncodeToString([]byte(r.User + ":" + r.Pass))
+	write(t, r.AuthFile, []byte(fmt.Sprintf(`{"auths":{%q:{"auth":%q}}}`, r.Host, auth)))
+
+	config := fmt.Sprintf(`version: 0.1
+log:
+  level: error
+  accesslog:
+    disabled: true
+storage:
+  filesystem:
+    rootdirectory: %s
+  delete:
+    enabled: true
+http:
+  addr: %s
+  tls:
+    certificate: %s
+    key: %s
+auth:
+  htpasswd:
+    realm: e2e
+    path: %s
+`, filepath.Join(dir, "data"), r.Host, r.CAFile, keyFile, filepath.Join(dir, "htpasswd"))
+	cfgFile := filepath.Join(dir, "config.yml")
+	write(t, cfgFile, []byte(config))
+	cmd := exec.Command("docker-registry", "serve", cfgFile)
+	var logs bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &logs, &logs
+	if err := cmd.Start(); err != nil {
+		t.Fatalf("starting docker-registry: %v", err)
+	}
+	t.Cleanup(func() {
+		cmd.Process.Kill()
+		cmd.Wait()
+	})
+	pool := x509.NewCertPool()
+	pool.AppendCertsFromPEM(certPEM)
+	client := &http.Client{Timeout: time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}}}
+	for deadline := time.Now().Add(15 * time.Second); ; {
+		resp, err := client.Get("https://" + r.Host + "/v2/")
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusUnauthorized {
+				return r
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("docker-registry did not come up: %v\n%s", err, logs.String())
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// env is the environment for image-rebase to trust and log in to r.
+func (r *registryServer) env() []string {
+	return append(os.Environ(), "DOCKER_CONFIG="+r.AuthDir, "SSL_CERT_FILE="+r.CAFile)
+}
+
+func (r *registryServer) creds() string { return r.User + ":" + r.Pass }
+
+// rebase runs the binary and returns its exit code, stdout and stderr.
+func rebase(t *testing.T, env []string, args ...string) (int, string, string) {
+	t.Helper()
+	cmd := exec.Command(binary, args...)
+	cmd.Env = env
+	var out, errb bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &errb
+	err := cmd.Run()
+	code := 0
+	if ee, ok := err.(*exec.ExitError); ok {
+		code = ee.ExitCode()
+	} else if err != nil {
+		t.Fatalf("running image-rebase: %v", err)
+	}
+	return code, out.String(), errb.String()
+}
+
+// run runs a tool and fails the test on error.
+func run(t *testing.T, name string, args ...string) string {
+	t.Helper()
+	cmd := exec.Command(name, args...)
+	var out, errb bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &errb
+	if err := cmd.Run(); err != nil {
+		t.Fatalf("%s %s: %v\n%s%s", name, strings.Join(args, " "), err, out.String(), errb.String())
+	}
+	return out.String()
+}
+
+// buildah runs buildah on the run's shared vfs storage.
+func buildah(t *testing.T, args ...string) string {
+	t.Helper()
+	need(t, "buildah")
+	return run(t, "buildah", append([]string{"--storage-driver", "vfs", "--root", buildahRoot, "--runroot", buildahRoot + "-run"}, args...)...)
+}
+
+// buildOpts are the ways the tests build an image.
+type buildOpts struct {
+	format string // "oci" or "docker"
+	layers bool   // one layer per instruction (--layers) or a single squashed layer of the build's own (default)
+	squash bool   // --squash: the whole image in one layer
+}
+
+// buildImage builds dockerfile in a context holding files, tagged
+// localhost/<tag>.
+func buildImage(t *testing.T, tag, dockerfile string, files map[string]string, o buildOpts) {
+	t.Helper()
+	ctx := t.TempDir()
+	for name, content := range files {
+		p := filepath.Join(ctx, name)
+		os.MkdirAll(filepath.Dir(p), 0o755)
+		if err := os.WriteFile(p, []byte(content), 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	write(t, filepath.Join(ctx, "Dockerfile"), []byte(dockerfile))
+	if o.format == "" {
+		o.format = "oci"
+	}
+	args := []string{"bud", "--isolation", "chroot", "--pull=never", "--format", o.format, fmt.Sprintf("--layers=%v", o.layers), "-t", "localhost/" + tag}
+	if o.squash {
+		args = append(args, "--squash")
+	}
+	buildah(t, append(args, ctx)...)
+}
+
+// push copies localhost/<tag> to the registry as repoTag.
+func (r *registryServer) push(t *testing.T, tag, repoTag, format string) {
+	t.Helper()
+	if format == "" {
+		format = "oci"
+	}
+	buildah(t, "push", "--cert-dir", r.CertDir, "--creds", r.creds(), "--format", format, "localhost/"+tag, "docker://"+r.Host+"/"+repoTag)
+}
+
+// inspect returns the raw manifest of repoTag as skopeo reads it (skopeo
+// rejects invalid manifests).
+func (r *registryServer) inspect(t *testing.T, repoTag string) string {
+	t.Helper()
+	need(t, "skopeo")
+	return run(t, "skopeo", "inspect", "--raw", "--cert-dir", r.CertDir, "--creds", r.creds(), "docker://"+r.Host+"/"+repoTag)
+}
+
+// unpack copies repoTag to an OCI layout with skopeo and unpacks it with
+// umoci; it returns the root filesystem.
+func (r *registryServer) unpack(t *testing.T, repoTag string) string {
+	t.Helper()
+	need(t, "skopeo", "umoci")
+	dir := t.TempDir()
+	run(t, "skopeo", "copy", "--src-cert-dir", r.CertDir, "--src-creds", r.creds(), "docker://"+r.Host+"/"+repoTag, "oci:"+filepath.Join(dir, "layout")+":img")
+	run(t, "umoci", "unpack", "--rootless", "--image", filepath.Join(dir, "layout")+":img", filepath.Join(dir, "bundle"))
+	return filepath.Join(dir, "bundle", "rootfs")
+}
+
+func selfSigned(t *testing.T) (certPEM, keyPEM []byte) {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber:          big.NewInt(1),
+		Subject:               pkix.Name{CommonName: "image-rebase e2e"},
+		NotBefore:             time.Now().Add(-time.Hour),
+		NotAfter:              time.Now().Add(24 * time.Hour),
+		IPAddresses:           []net.IP{net.ParseIP("127.0.0.1")},
+		DNSNames:              []string{"localhost"},
+		KeyUsage:              x509.KeyUsageDigitalSignature | x509.KeyUsageCertSign,
+		ExtKeyUsage:           []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+		BasicConstraintsValid: true,
+		IsCA:                  true,
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	kb, err := x509.MarshalECPrivateKey(key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: kb})
+}
+
+func freePort(t *testing.T) int {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port
+}
+
+func randomHex(t *testing.T, n int) string {
+	b := make([]byte, n)
+	rand.Read(b)
+	return fmt.Sprintf("%x", b)
+}
+
+func write(t *testing.T, path string, data []byte) {
+	t.Helper()
+	if err := os.WriteFile(path, data, 0o644); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func readFile(t *testing.T, path string) string {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatalf("reading %s: %v", path, err)
+	}
+	return string(b)
+}
