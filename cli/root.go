@@ -43,6 +43,7 @@ type rebaseFlags struct {
 	tag       string
 	force     bool
 	dryRun    bool
+	strict    bool
 	allowCopy bool
 	output    string
 	insecure  []string
@@ -111,6 +112,7 @@ current image of the base it names, or says it is up to date.`,
 	fl.BoolVar(&f.check, "check", false, "write nothing; exit 0 when up to date, 10 when a rebase is due (for CI)")
 	fl.StringVarP(&f.label, "label", "l", "", "the label that names the image's base (default FROM, used when present)")
 	fl.IntVar(&f.layers, "layers", 0, "keep the image's top N history entries (as docker history lists them, empty-layer ones included) and put --to-base under them")
+	fl.BoolVar(&f.strict, "strict", false, "refuse (exit 4, nothing written) when the plan has any warning")
 	fl.BoolVar(&f.allowCopy, "allow-copy", false, "stream a layer registry to registry when the registry refuses to mount it")
 	fl.StringVarP(&f.output, "output", "o", "text", "output format: text or json")
 	fl.StringVar(&f.backupTag, "backup-tag", "", "before moving a tag, tag the image it named with this template ({tag} is the tag), e.g. {tag}-prev")
@@ -205,6 +207,12 @@ func runRebase(ctx context.Context, f *rebaseFlags, cmdFlags func(string) bool, 
 	}
 	res, err := engine.Rebase(ctx, req)
 	if err != nil {
+		if res != nil && res.Action == engine.Refused {
+			// --strict: show the plan's warnings, then fail.
+			if perr := printResult(stdout, f, res); perr != nil {
+				return perr
+			}
+		}
 		return err
 	}
 	if err := printResult(stdout, f, res); err != nil {
@@ -267,7 +275,7 @@ func buildRequest(client *registry.Client, defaultReg, image string, f *rebaseFl
 			return req, usagef("--tag must name a tag, not a digest")
 		}
 	}
-	req.DryRun, req.Force, req.AllowCopy = f.dryRun || f.check, f.force, f.allowCopy
+	req.DryRun, req.Force, req.AllowCopy, req.Strict = f.dryRun || f.check, f.force, f.allowCopy, f.strict
 	req.KeepOtherPlatforms, req.KeepAttestations = f.keepOtherPlatforms, f.keepAttestations
 	if f.backupTag != "" {
 		if req.Image.Tag == "" {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"sync"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
@@ -31,6 +32,10 @@ type Request struct {
 	Target Location
 	// DryRun computes the plan and writes nothing.
 	DryRun bool
+	// Strict refuses a rebase whose plan has any warning: nothing is
+	// written, and the Result (Action Refused) comes with a
+	// *rebase.RefusedError.
+	Strict bool
 	// Force overwrites a target tag that names another image, and skips the
 	// lost-update check.
 	Force bool
@@ -60,6 +65,8 @@ const (
 	UpToDate Action = "up-to-date"
 	// WouldRebase: a dry run found that a rebase is needed.
 	WouldRebase Action = "would-rebase"
+	// Refused: Strict was set and the plan has warnings; nothing written.
+	Refused Action = "refused"
 )
 
 // Result is the outcome of a rebase.
@@ -289,6 +296,9 @@ func Apply(ctx context.Context, req Request, plan *rebase.Plan, session BlobUplo
 	case plan.UpToDate:
 		res.Action, res.After = UpToDate, plan.ImageDigest
 		return res, nil
+	case req.Strict && len(plan.Warnings) > 0:
+		res.Action = Refused
+		return res, strictRefusal(res.Warnings)
 	case req.DryRun:
 		res.Action = WouldRebase
 		return res, nil
@@ -345,6 +355,15 @@ func Apply(ctx context.Context, req Request, plan *rebase.Plan, session BlobUplo
 	}
 	res.Action = Rebased
 	return res, nil
+}
+
+// strictRefusal is the error of a Strict rebase that has warnings.
+func strictRefusal(ws []rebase.Warning) error {
+	var parts []string
+	for _, w := range ws {
+		parts = append(parts, w.Code+": "+w.Message)
+	}
+	return &rebase.RefusedError{Reason: fmt.Sprintf("--strict: %d warning(s), nothing written: %s", len(ws), strings.Join(parts, "; "))}
 }
 
 type blobGroup struct {
