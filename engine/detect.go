@@ -34,6 +34,12 @@ type Detect struct {
 // digest, manifest then config, with the config upload opened alongside
 // when a write is likely; then Apply's two rounds.
 func rebaseDetected(ctx context.Context, req Request, target WritableRepo, img, to *doc) (*Result, error) {
+	return rebaseDetectedIn(ctx, req, target, img, to, nil)
+}
+
+// rebaseDetectedIn is rebaseDetected within a batch run (nil for a single
+// rebase): the bases it finds are read once for the batch.
+func rebaseDetectedIn(ctx context.Context, req Request, target WritableRepo, img, to *doc, r *run) (*Result, error) {
 	if img.kind != manifest.KindImage {
 		return nil, &rebase.RefusedError{Reason: fmt.Sprintf("%s is an image index: finding the base of each platform is not supported; pass --from-base OLD", req.Image)}
 	}
@@ -83,13 +89,13 @@ func rebaseDetected(ctx context.Context, req Request, target WritableRepo, img, 
 	// image), concurrently; the config upload opens once NEW's layers show
 	// that the image is not on it yet.
 	p := platform.OfConfig(img.image.Config)
-	var cache imageCache
+	cache := r.bases()
 	var nw, old *manifest.Image
 	var nwErr, oldErr, sessionErr error
 	var session BlobUpload
 	wg.Go(func() {
 		if to == nil {
-			if to, nwErr = fetchDoc(ctx, newLoc); nwErr != nil {
+			if to, nwErr = r.base(ctx, newLoc); nwErr != nil {
 				nwErr = fmt.Errorf("%s: %w", clue(choice), nwErr)
 				return
 			}
@@ -101,7 +107,7 @@ func rebaseDetected(ctx context.Context, req Request, target WritableRepo, img, 
 	})
 	if oldLoc.Repo != nil {
 		wg.Go(func() {
-			d, err := fetchDoc(ctx, oldLoc)
+			d, err := r.base(ctx, oldLoc)
 			if err == nil {
 				old, err = cache.forPlatform(ctx, d, p)
 			}
@@ -145,7 +151,7 @@ func rebaseDetected(ctx context.Context, req Request, target WritableRepo, img, 
 	}
 	plan.Warnings = append(append([]rebase.Warning{}, dec.Warnings...), plan.Warnings...)
 	req.To = newLoc
-	res, err := Apply(ctx, req, plan, session)
+	res, err := apply(ctx, req, plan, session, r)
 	if err != nil || res.Action != Rebased {
 		cancel()
 	}

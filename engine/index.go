@@ -31,6 +31,12 @@ type platformWork struct {
 // manifests and configs (each fetched once), then the blobs and configs, the
 // platform manifests, and the index last.
 func rebaseIndex(ctx context.Context, req Request, target WritableRepo, img, from, to *doc) (*Result, error) {
+	return rebaseIndexIn(ctx, req, target, img, from, to, nil)
+}
+
+// rebaseIndexIn is rebaseIndex within a batch run (nil for a single rebase):
+// the bases' platform images come from the run's cache.
+func rebaseIndexIn(ctx context.Context, req Request, target WritableRepo, img, from, to *doc, r *run) (*Result, error) {
 	res := &Result{Image: req.Image.String(), Target: req.Target.String(), Before: img.desc.Digest, Warnings: []rebase.Warning{}}
 	var work []*platformWork
 	var skipped []string
@@ -56,6 +62,10 @@ func rebaseIndex(ctx context.Context, req Request, target WritableRepo, img, fro
 	}
 
 	var cache imageCache
+	bases := &cache
+	if r != nil {
+		bases = r.bases()
+	}
 	errs := make([]error, len(work))
 	var wg sync.WaitGroup
 	for i, w := range work {
@@ -69,8 +79,8 @@ func rebaseIndex(ctx context.Context, req Request, target WritableRepo, img, fro
 			var old, nw *manifest.Image
 			var oerr, nerr error
 			var inner sync.WaitGroup
-			inner.Go(func() { old, oerr = cache.forPlatform(ctx, from, p) })
-			inner.Go(func() { nw, nerr = cache.forPlatform(ctx, to, p) })
+			inner.Go(func() { old, oerr = bases.forPlatform(ctx, from, p) })
+			inner.Go(func() { nw, nerr = bases.forPlatform(ctx, to, p) })
 			inner.Wait()
 			if err := firstError(oerr, nerr); err != nil {
 				errs[i] = err
@@ -121,7 +131,7 @@ func rebaseIndex(ctx context.Context, req Request, target WritableRepo, img, fro
 		res.Action = WouldRebase
 		return res, nil
 	}
-	if err := writeIndex(ctx, req, target, img, work, desc, raw, res); err != nil {
+	if err := writeIndex(ctx, req, target, img, work, desc, raw, res, r); err != nil {
 		return nil, err
 	}
 	for i := range res.Platforms {
@@ -218,7 +228,7 @@ func orUnknown(s string) string {
 // writeIndex writes blobs and configs, then the platform manifests by
 // digest, then the index under the target tag: a failure at any point
 // leaves the tag as it was.
-func writeIndex(ctx context.Context, req Request, target WritableRepo, img *doc, work []*platformWork, desc v1.Descriptor, raw []byte, res *Result) error {
+func writeIndex(ctx context.Context, req Request, target WritableRepo, img *doc, work []*platformWork, desc v1.Descriptor, raw []byte, res *Result, r *run) error {
 	var changed []*rebase.Plan
 	for _, w := range work {
 		if !w.plan.UpToDate {
@@ -252,7 +262,7 @@ func writeIndex(ctx context.Context, req Request, target WritableRepo, img *doc,
 	}
 	for _, g := range groups {
 		wg.Go(func() {
-			t, err := target.Transfer(ctx, g.src, g.blobs, req.AllowCopy)
+			t, err := r.transfer(ctx, target, g, req.AllowCopy)
 			mu.Lock()
 			res.Transferred = res.Transferred.Add(t)
 			mu.Unlock()
@@ -274,7 +284,7 @@ func writeIndex(ctx context.Context, req Request, target WritableRepo, img *doc,
 	}
 	var current targetState
 	inPlace := req.Target.String() == req.Image.String() && req.Target.Tag != ""
-	if inPlace && !req.Force {
+	if inPlace && !req.Force && r.recheck() {
 		wg.Go(func() { current = resolveTarget(ctx, target, req.Target.Tag) })
 	}
 	if req.BackupTag != "" {

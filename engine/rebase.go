@@ -166,6 +166,11 @@ func Rebase(ctx context.Context, req Request) (*Result, error) {
 
 // rebaseImage rebases a single-platform image.
 func rebaseImage(ctx context.Context, req Request, target WritableRepo, img, from, to *doc) (*Result, error) {
+	return rebaseImageIn(ctx, req, target, img, from, to, nil)
+}
+
+// rebaseImageIn is rebaseImage within a batch run (nil for a single rebase).
+func rebaseImageIn(ctx context.Context, req Request, target WritableRepo, img, from, to *doc, r *run) (*Result, error) {
 	// A write is likely unless the image already starts with the new
 	// base's layers; then open the config upload alongside the reads.
 	var session BlobUpload
@@ -192,7 +197,7 @@ func rebaseImage(ctx context.Context, req Request, target WritableRepo, img, fro
 		return nil, err
 	}
 	// Bases given as indexes: take the image that serves the image's platform.
-	var cache imageCache
+	cache := r.bases()
 	p := platform.OfConfig(img.image.Config)
 	var old, nw *manifest.Image
 	wg.Go(func() { old, errs[1] = cache.forPlatform(ctx, from, p) })
@@ -207,7 +212,7 @@ func rebaseImage(ctx context.Context, req Request, target WritableRepo, img, fro
 		cancel()
 		return nil, err
 	}
-	res, err := Apply(ctx, req, plan, session)
+	res, err := apply(ctx, req, plan, session, r)
 	if err != nil || res.Action != Rebased {
 		cancel()
 	}
@@ -282,6 +287,11 @@ func hasPrefix(layers, prefix []v1.Descriptor) bool {
 // just before the manifest is written (unless req.Force): if someone pushed
 // meanwhile, nothing is written.
 func Apply(ctx context.Context, req Request, plan *rebase.Plan, session BlobUpload) (*Result, error) {
+	return apply(ctx, req, plan, session, nil)
+}
+
+// apply is Apply within a batch run (nil for a single rebase).
+func apply(ctx context.Context, req Request, plan *rebase.Plan, session BlobUpload, r *run) (*Result, error) {
 	res := &Result{
 		Image:    req.Image.String(),
 		Target:   req.Target.String(),
@@ -313,7 +323,7 @@ func Apply(ctx context.Context, req Request, plan *rebase.Plan, session BlobUplo
 	errs := make([]error, len(groups)+1)
 	reports := make([]Transferred, len(groups))
 	for i, g := range groups {
-		wg.Go(func() { reports[i], errs[i] = target.Transfer(ctx, g.src, g.blobs, req.AllowCopy) })
+		wg.Go(func() { reports[i], errs[i] = r.transfer(ctx, target, g, req.AllowCopy) })
 	}
 	wg.Go(func() {
 		if session == nil {
@@ -325,7 +335,7 @@ func Apply(ctx context.Context, req Request, plan *rebase.Plan, session BlobUplo
 	})
 	var current targetState
 	inPlace := req.Target.String() == req.Image.String() && req.Target.Tag != ""
-	if inPlace && !req.Force {
+	if inPlace && !req.Force && r.recheck() {
 		wg.Go(func() { current = resolveTarget(ctx, target, req.Target.Tag) })
 	}
 	var backupErr error

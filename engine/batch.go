@@ -1,0 +1,235 @@
+package engine
+
+import (
+	"context"
+	"errors"
+	"sync"
+	"time"
+
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+
+	"github.com/image-rebase/image-rebase/manifest"
+)
+
+// Shared is what the rebases of a batch share, so that a batch costs little
+// more than its images' own documents:
+//
+//   - each base (OLD and NEW, given or found by base detection, by
+//     reference) is read once for the whole batch: its manifest, its
+//     config, and for an index the platform images the batch's images need;
+//   - a blob mounted into a target repository for one image is known to be
+//     there for the next images of that repository, which do not mount it
+//     again (two images racing for it wait for one mount);
+//   - the check that an image's tag has not moved since it was read can be
+//     skipped when the read is recent (RecheckAfter).
+//
+// Each image's own documents are read, planned and written as Rebase does,
+// and forgotten when its rebase returns: memory does not grow with the
+// number of images. One Shared serves any number of goroutines.
+type Shared struct {
+	// RecheckAfter bounds how old an image's read may be when its tag is
+	// written without being read again. Writing in place (and without
+	// Force), Rebase reads the tag again alongside the uploads, so that an
+	// image pushed meanwhile is not overwritten; a batch skips that request
+	// when the image was read less than RecheckAfter ago, leaving a push
+	// that lands in that window (plus the uploads' round trip) undetected.
+	// Zero re-reads every tag, as Rebase does.
+	RecheckAfter time.Duration
+
+	images imageCache
+
+	mu      sync.Mutex
+	docs    map[string]*docEntry
+	present map[string]*blobEntry // "target repo@digest"
+}
+
+type docEntry struct {
+	done chan struct{}
+	doc  *doc
+	err  error
+}
+
+type blobEntry struct {
+	done chan struct{}
+	ok   bool
+}
+
+// NewShared returns an empty Shared that re-reads every tag (RecheckAfter 0).
+func NewShared() *Shared {
+	return &Shared{docs: map[string]*docEntry{}, present: map[string]*blobEntry{}}
+}
+
+// Rebase is engine.Rebase for one image of a batch: the same request rounds,
+// the same checks and the same result, with the bases' documents and the
+// target repositories' mounted blobs shared with the batch's other images.
+// A failure concerns this image only.
+func (s *Shared) Rebase(ctx context.Context, req Request) (*Result, error) {
+	r := &run{shared: s}
+	target, err := writableTarget(req)
+	if err != nil {
+		return nil, err
+	}
+	var img, from, to *doc
+	var errs [3]error
+	var existing targetState
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		img, errs[0] = fetchDoc(ctx, req.Image)
+		r.readAt = time.Now()
+	})
+	if req.From.Repo != nil {
+		wg.Go(func() { from, errs[1] = s.doc(ctx, req.From) })
+	}
+	if req.To.Repo != nil {
+		wg.Go(func() { to, errs[2] = s.doc(ctx, req.To) })
+	}
+	if target != nil && req.Target.String() != req.Image.String() {
+		wg.Go(func() { existing = resolveTarget(ctx, target, req.Target.Tag) })
+	}
+	wg.Wait()
+	if err := firstError(errs[:]...); err != nil {
+		return nil, err
+	}
+	if existing.err != nil {
+		return nil, existing.err
+	}
+	if existing.exists && !req.Force {
+		return nil, &TargetExistsError{Target: req.Target.String(), Digest: existing.digest}
+	}
+	var res *Result
+	switch {
+	case req.From.Repo == nil:
+		// The old base is found from what the image records (Detect);
+		// the bases it names are read once for the batch too.
+		res, err = rebaseDetectedIn(ctx, req, target, img, to, r)
+	case img.kind == manifest.KindIndex:
+		res, err = rebaseIndexIn(ctx, req, target, img, from, to, r)
+	default:
+		res, err = rebaseImageIn(ctx, req, target, img, from, to, r)
+	}
+	if res != nil && existing.exists {
+		res.Replaced = &existing.digest
+	}
+	return res, err
+}
+
+// doc reads the manifest at loc once for the batch. A failed read is not
+// kept: the next image asks again.
+func (s *Shared) doc(ctx context.Context, loc Location) (*doc, error) {
+	key := loc.String()
+	s.mu.Lock()
+	e, ok := s.docs[key]
+	if !ok {
+		e = &docEntry{done: make(chan struct{})}
+		s.docs[key] = e
+	}
+	s.mu.Unlock()
+	if ok {
+		select {
+		case <-e.done:
+			return e.doc, e.err
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+	}
+	e.doc, e.err = fetchDoc(ctx, loc)
+	if e.err != nil {
+		s.mu.Lock()
+		delete(s.docs, key)
+		s.mu.Unlock()
+	}
+	close(e.done)
+	return e.doc, e.err
+}
+
+// transfer makes g's blobs available in target, mounting only those no
+// other image of the batch has mounted (or is mounting) there. A blob whose
+// mount failed for another image is tried again for this one.
+func (s *Shared) transfer(ctx context.Context, target WritableRepo, g blobGroup, allowCopy bool) (Transferred, error) {
+	var mine, theirs []v1.Descriptor
+	var mineE, theirsE []*blobEntry
+	s.mu.Lock()
+	for _, b := range g.blobs {
+		key := target.Name() + "@" + b.Digest.String()
+		if e, ok := s.present[key]; ok {
+			theirs, theirsE = append(theirs, b), append(theirsE, e)
+			continue
+		}
+		e := &blobEntry{done: make(chan struct{})}
+		s.present[key] = e
+		mine, mineE = append(mine, b), append(mineE, e)
+	}
+	s.mu.Unlock()
+
+	var t Transferred
+	var errs []error
+	if len(mine) > 0 {
+		var err error
+		t, err = target.Transfer(ctx, g.src, mine, allowCopy)
+		s.mu.Lock()
+		for i, e := range mineE {
+			e.ok = err == nil
+			if err != nil {
+				delete(s.present, target.Name()+"@"+mine[i].Digest.String())
+			}
+			close(e.done)
+		}
+		s.mu.Unlock()
+		errs = append(errs, err)
+	}
+	var retry []v1.Descriptor
+	for i, e := range theirsE {
+		select {
+		case <-e.done:
+		case <-ctx.Done():
+			return t, ctx.Err()
+		}
+		if !e.ok {
+			retry = append(retry, theirs[i])
+		}
+	}
+	if len(retry) > 0 {
+		t2, err := target.Transfer(ctx, g.src, retry, allowCopy)
+		t = t.Add(t2)
+		errs = append(errs, err)
+	}
+	return t, errors.Join(errs...)
+}
+
+// run is the state of one image's rebase within a batch; nil for a single
+// Rebase, whose behaviour its methods then keep.
+type run struct {
+	shared *Shared
+	// readAt is when the image's manifest was read.
+	readAt time.Time
+}
+
+// bases returns the cache of the bases' platform images.
+func (r *run) bases() *imageCache {
+	if r == nil {
+		return &imageCache{}
+	}
+	return &r.shared.images
+}
+
+// recheck says whether the target tag must be read again before it is
+// written.
+func (r *run) recheck() bool {
+	return r == nil || time.Since(r.readAt) >= r.shared.RecheckAfter
+}
+
+// base reads a base's manifest: once for the batch within a run.
+func (r *run) base(ctx context.Context, loc Location) (*doc, error) {
+	if r == nil {
+		return fetchDoc(ctx, loc)
+	}
+	return r.shared.doc(ctx, loc)
+}
+
+// transfer makes g's blobs available in target.
+func (r *run) transfer(ctx context.Context, target WritableRepo, g blobGroup, allowCopy bool) (Transferred, error) {
+	if r == nil {
+		return target.Transfer(ctx, g.src, g.blobs, allowCopy)
+	}
+	return r.shared.transfer(ctx, target, g, allowCopy)
+}

@@ -1,0 +1,215 @@
+package engine_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/http"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+
+	"github.com/image-rebase/image-rebase/engine"
+	"github.com/image-rebase/image-rebase/internal/proxytest"
+	"github.com/image-rebase/image-rebase/internal/regtest"
+	"github.com/image-rebase/image-rebase/internal/testimage"
+	"github.com/image-rebase/image-rebase/rebase"
+	"github.com/image-rebase/image-rebase/registry"
+)
+
+// batchFixture pushes base:1 and base:2 (two layers each) and, per repo,
+// images on base:1 (one layer of their own, distinct per image); it returns
+// the references "repo:tag" in push order.
+func batchFixture(t *testing.T, reg *regtest.Registry, repos map[string]int) (v1.Image, []string) {
+	t.Helper()
+	base := func(v string) v1.Image {
+		img, err := testimage.Build(nil, testimage.Linux,
+			testimage.Copy("ADD os", map[string]string{"etc/os": "os " + v}),
+			testimage.Copy("COPY lib", map[string]string{"lib/c": "libc " + v}),
+			testimage.Env("BASE="+v))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return img
+	}
+	b1 := base("1")
+	reg.Push(t, "base:1", b1)
+	reg.Push(t, "base:2", base("2"))
+	var refs []string
+	for repo, n := range repos {
+		for i := range n {
+			ref := fmt.Sprintf("%s:%d", repo, i)
+			app, err := testimage.Build(b1, testimage.Linux,
+				testimage.Copy("COPY app", map[string]string{"app/bin": ref}),
+				testimage.Cmd("/app/bin"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			reg.Push(t, ref, app)
+			refs = append(refs, ref)
+		}
+	}
+	return b1, refs
+}
+
+type batchRun struct {
+	results map[string]*engine.Result
+	errs    map[string]error
+}
+
+func runBatch(t *testing.T, host string, s *engine.Shared, refs []string, from, to string, dryRun bool) batchRun {
+	t.Helper()
+	c := registry.New(registry.Options{Insecure: []string{host}})
+	parse := func(ref string, write bool) engine.Location {
+		l, err := c.Parse(ref, host, write)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return l
+	}
+	var reqs []engine.Request
+	for _, ref := range refs {
+		req := engine.Request{Image: parse(ref, !dryRun), From: parse(from, false), To: parse(to, false), DryRun: dryRun}
+		req.Target = req.Image
+		reqs = append(reqs, req)
+	}
+	out := batchRun{results: map[string]*engine.Result{}, errs: map[string]error{}}
+	var mu sync.Mutex
+	var wg sync.WaitGroup
+	for i, req := range reqs {
+		wg.Go(func() {
+			res, err := s.Rebase(context.Background(), req)
+			mu.Lock()
+			defer mu.Unlock()
+			out.results[refs[i]], out.errs[refs[i]] = res, err
+		})
+	}
+	wg.Wait()
+	return out
+}
+
+func TestBatchSharesBasesAndMounts(t *testing.T) {
+	reg := regtest.Start(t)
+	_, refs := batchFixture(t, reg, map[string]int{"a": 4, "b": 1})
+	// One image in the middle is not built on base:1.
+	other, err := testimage.Build(nil, testimage.Linux, testimage.Copy("ADD other", map[string]string{"x": "y"}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	reg.Push(t, "a:broken", other)
+	refs = append(refs[:2], append([]string{"a:broken"}, refs[2:]...)...)
+
+	proxy := proxytest.Start(reg.Host)
+	defer proxy.Close()
+	s := engine.NewShared()
+	s.RecheckAfter = time.Hour
+	got := runBatch(t, proxy.Host(), s, refs, "base:1", "base:2", false)
+
+	for _, ref := range refs {
+		res, err := got.results[ref], got.errs[ref]
+		if ref == "a:broken" {
+			var re *rebase.RefusedError
+			if !errors.As(err, &re) {
+				t.Errorf("%s: want a refusal, got %v", ref, err)
+			}
+			continue
+		}
+		if err != nil || res.Action != engine.Rebased {
+			t.Fatalf("%s: %v %+v", ref, err, res)
+		}
+		if reg.Image(t, ref) == nil {
+			t.Fatal("unreachable")
+		}
+	}
+
+	// Count what went through the proxy.
+	baseManifests, baseConfigs, mounts, heads, puts := 0, 0, 0, 0, 0
+	mountsPerRepo := map[string]int{}
+	baseCfg := map[string]bool{}
+	for _, b := range []string{"base:1", "base:2"} {
+		cd, _ := reg.Image(t, b).ConfigName()
+		baseCfg[cd.String()] = true
+	}
+	for _, e := range proxy.Log() {
+		switch {
+		case e.Class == "manifest" && strings.HasPrefix(e.Path, "/v2/base/") && e.Method == http.MethodGet:
+			baseManifests++
+		case e.Class == "blob" && baseCfg[e.Digest]:
+			baseConfigs++
+		case e.Class == "blob-upload" && e.Method == http.MethodPost && e.Digest != "":
+			mounts++
+			mountsPerRepo[strings.Split(e.Path, "/")[2]]++
+		case e.Class == "manifest" && e.Method == http.MethodHead:
+			heads++
+		case e.Class == "manifest" && e.Method == http.MethodPut:
+			puts++
+		}
+	}
+	if baseManifests != 2 || baseConfigs != 2 {
+		t.Errorf("bases read %d manifests and %d configs for the batch, want 2 and 2", baseManifests, baseConfigs)
+	}
+	if mountsPerRepo["a"] != 2 || mountsPerRepo["b"] != 2 || mounts != 4 {
+		t.Errorf("mounts per repository %v, want the 2 layers of base:2 once per repository", mountsPerRepo)
+	}
+	if heads != 0 {
+		t.Errorf("%d tags read again, want none (read less than RecheckAfter ago)", heads)
+	}
+	if puts != len(refs)-1 {
+		t.Errorf("%d manifests written, want %d", puts, len(refs)-1)
+	}
+
+	// Rerun: everything is up to date, read only; the broken one still fails.
+	snap := reg.Snapshot(t)
+	proxy.Reset()
+	s2 := engine.NewShared()
+	got = runBatch(t, proxy.Host(), s2, refs, "base:1", "base:2", false)
+	for _, ref := range refs {
+		if ref == "a:broken" {
+			if got.errs[ref] == nil {
+				t.Error("broken image passed on rerun")
+			}
+			continue
+		}
+		if got.errs[ref] != nil || got.results[ref].Action != engine.UpToDate {
+			t.Errorf("rerun %s: %v %+v", ref, got.errs[ref], got.results[ref])
+		}
+	}
+	// Only reads: one manifest per image and per base (the broken image
+	// opens and cancels a config upload, as a single rebase would).
+	for _, e := range proxy.Log() {
+		if e.Method == http.MethodPut {
+			t.Errorf("rerun wrote %s", e.Path)
+		}
+	}
+	if st := proxy.Stats(); st.ByClass["manifest"] != len(refs)+2 {
+		t.Errorf("rerun requests %v: want one manifest read per image and base", st.ByClass)
+	}
+	if after := reg.Snapshot(t); fmt.Sprint(after) != fmt.Sprint(snap) {
+		t.Errorf("rerun wrote: %v -> %v", snap, after)
+	}
+}
+
+func TestBatchRechecksOldReads(t *testing.T) {
+	reg := regtest.Start(t)
+	_, refs := batchFixture(t, reg, map[string]int{"a": 3})
+	proxy := proxytest.Start(reg.Host)
+	defer proxy.Close()
+	got := runBatch(t, proxy.Host(), engine.NewShared(), refs, "base:1", "base:2", false)
+	for _, ref := range refs {
+		if got.errs[ref] != nil {
+			t.Fatal(got.errs[ref])
+		}
+	}
+	heads := 0
+	for _, e := range proxy.Log() {
+		if e.Class == "manifest" && e.Method == http.MethodHead {
+			heads++
+		}
+	}
+	if heads != len(refs) {
+		t.Errorf("%d tags read again with RecheckAfter 0, want %d", heads, len(refs))
+	}
+}
