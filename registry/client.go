@@ -72,6 +72,9 @@ func New(opts Options) *Client {
 		// Per-request limits; --timeout bounds the whole run.
 		t.ResponseHeaderTimeout = 60 * time.Second
 		t.TLSHandshakeTimeout = 15 * time.Second
+		// A batch runs many requests to one registry at once: keep their
+		// connections for the next ones (the default keeps 2 per host).
+		t.MaxIdleConnsPerHost = 64
 		opts.Transport = t
 	}
 	if opts.UserAgent == "" {
