@@ -120,7 +120,7 @@ current image of the base it names, or says it is up to date.`,
 	fl.BoolVar(&f.keepOtherPlatforms, "keep-other-platforms", false, "keep the platforms --platform leaves out unchanged in the new index")
 	fl.BoolVar(&f.keepAttestations, "keep-attestations", false, "keep an index's attestation manifests (they describe the old images)")
 	addConnectionFlags(cmd, &f.insecure, &f.verbose, &f.timeout)
-	cmd.AddCommand(newDemoCommand(stdout, stderr))
+	cmd.AddCommand(newDemoCommand(stdout, stderr), newBatchCommand(stdout, stderr), newScanCommand(stdout, stderr))
 	return cmd
 }
 

@@ -1,0 +1,318 @@
+package cli
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/image-rebase/image-rebase/engine"
+	"github.com/image-rebase/image-rebase/registry"
+)
+
+// batchFlags are the flags of the batch command: a single rebase's, and how
+// the images are listed and run.
+type batchFlags struct {
+	rebaseFlags
+	registry     string
+	files        []string
+	allTags      []string
+	jobs         int
+	recheckAfter time.Duration
+	scan         scanFlags
+}
+
+// errBatchFailed ends a batch in which some image failed; each failure was
+// reported with the image.
+var errBatchFailed = errors.New("some images failed")
+
+func newBatchCommand(stdout, stderr io.Writer) *cobra.Command {
+	f := &batchFlags{}
+	cmd := &cobra.Command{
+		Use:   "batch [IMAGE...] [-f FILE] [--all-tags REPO] [--scan] [--from-base OLD] [--to-base NEW]",
+		Short: "Rebase many images at once, concurrently, with a summary",
+		Long: `batch rebases every image it is given, each as the single command would, sharing
+one connection and one credential per registry, each base's documents, and the
+mounts of the new base's layers into each repository. Images are independent:
+one failure never stops the others. Run it again after a failure: images
+already rebased are found up to date with two reads each.
+
+Images come from the arguments, from -f FILE (one reference per line, "-" for
+stdin, blank lines and # comments ignored; a JSON line as "scan -o json" prints
+it brings its own "from" and "to"), from --all-tags REPO, and from --scan.
+The mode flags apply to every image: --from-base OLD --to-base NEW, --to-base
+alone, --layers N, -l LABEL, or none (the base each image names).
+
+Exit code: 0 when every image was rebased, up to date or (--dry-run) planned;
+1 when any image failed (each failure is in the summary, and in -o json with
+its own exit code); 2 for a bad command line; 3 when the list of images
+cannot be read (an unreachable registry for --all-tags or --scan); 10 with
+--check when no image failed and some rebase is due.`,
+		Example: `  image-rebase batch -r localhost:5000 app:1 app:2 other:3 --from-base base:1 --to-base base:2
+  image-rebase batch -r localhost:5000 --all-tags app --from-base base:1 --to-base base:2 -j 32
+  image-rebase scan localhost:5000 --base base:2 --stale -o json | image-rebase batch -f -`,
+		SilenceUsage:  true,
+		SilenceErrors: true,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return runBatch(cmd.Context(), f, cmd.Flags().Changed, args, cmd.InOrStdin(), stdout, stderr)
+		},
+	}
+	cmd.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return usagef(err.Error()) })
+	fl := cmd.Flags()
+	fl.StringVarP(&f.registry, "registry", "r", "", "the registry (host[:port] or http(s)://host[:port]) of references without a host")
+	fl.StringArrayVarP(&f.files, "file", "f", nil, `read image references from FILE, one per line ("-" for stdin; repeatable)`)
+	fl.StringArrayVar(&f.allTags, "all-tags", nil, "rebase every tag of this repository (repeatable)")
+	fl.BoolVar(&f.scan.enabled, "scan", false, "rebase the images scan finds stale (with --base; --repo limits the walk)")
+	fl.StringArrayVar(&f.scan.bases, "base", nil, "with --scan: the current base, as scan --base")
+	fl.StringArrayVar(&f.scan.repos, "repo", nil, "with --scan: walk only this repository (repeatable)")
+	fl.IntVarP(&f.jobs, "jobs", "j", 16, "rebase this many images at once")
+	fl.DurationVar(&f.recheckAfter, "recheck-after", time.Second, "read an image's tag again just before writing it when it was read longer ago than this (0: always, as a single rebase does); see docs/batch.md")
+	fl.StringVar(&f.fromBase, "from-base", "", "the base the images are on now (tag or digest)")
+	fl.StringVar(&f.toBase, "to-base", "", "the base to move the images to (tag or digest)")
+	fl.StringVarP(&f.label, "label", "l", "", "the label that names each image's base (default FROM, used when present)")
+	fl.IntVar(&f.layers, "layers", 0, "keep each image's top N history entries and put --to-base under them")
+	fl.BoolVar(&f.force, "force", false, "write without reading the tags again before writing")
+	fl.BoolVar(&f.dryRun, "dry-run", false, "plan every image and write nothing")
+	fl.BoolVar(&f.check, "check", false, "write nothing; exit 10 when some rebase is due")
+	fl.BoolVar(&f.strict, "strict", false, "refuse an image whose plan has any warning")
+	fl.BoolVar(&f.allowCopy, "allow-copy", false, "stream a layer registry to registry when the registry refuses to mount it")
+	fl.StringVarP(&f.output, "output", "o", "text", "output format: text (progress and summary) or json (one object per line)")
+	fl.StringVar(&f.backupTag, "backup-tag", "", "before moving a tag, tag the image it named with this template ({tag} is the tag)")
+	fl.StringArrayVar(&f.platforms, "platform", nil, "rebase only this platform of indexes (repeatable)")
+	fl.BoolVar(&f.keepOtherPlatforms, "keep-other-platforms", false, "keep the platforms --platform leaves out unchanged")
+	fl.BoolVar(&f.keepAttestations, "keep-attestations", false, "keep indexes' attestation manifests")
+	addConnectionFlags(cmd, &f.insecure, &f.verbose, &f.timeout)
+	fl.Lookup("timeout").DefValue = "30m0s"
+	f.timeout = 30 * time.Minute
+	return cmd
+}
+
+// batchItem is one image to rebase, with the line that named it.
+type batchItem struct {
+	ref, from, to string
+	origin        string
+}
+
+// batchOutcome is one image's result, as printed.
+type batchOutcome struct {
+	Image  string `json:"image"`
+	Action string `json:"action"`
+	// Error and ExitCode say why an image failed (ExitCode as the single
+	// command would exit).
+	Error    string  `json:"error,omitempty"`
+	ExitCode int     `json:"exitCode"`
+	Seconds  float64 `json:"seconds"`
+	*engine.Result
+}
+
+// failed is the action of an image whose rebase failed.
+const failed = "failed"
+
+func runBatch(ctx context.Context, f *batchFlags, changed func(string) bool, args []string, stdin io.Reader, stdout, stderr io.Writer) error {
+	if f.output != "text" && f.output != "json" {
+		return usagef(fmt.Sprintf("invalid --output %q: want text or json", f.output))
+	}
+	if f.jobs < 1 {
+		return usagef(fmt.Sprintf("-j %d: want at least 1", f.jobs))
+	}
+	if err := checkModeFlags(&f.rebaseFlags, changed); err != nil {
+		return err
+	}
+	if f.scan.enabled && f.registry == "" {
+		return usagef("--scan needs -r REGISTRY, the registry to walk")
+	}
+	if !f.scan.enabled && (len(f.scan.bases) > 0 || len(f.scan.repos) > 0) {
+		return usagef("--base and --repo go with --scan")
+	}
+	var defaultReg string
+	insecure := f.insecure
+	if f.registry != "" {
+		host, plain, err := classicRegistry(f.registry)
+		if err != nil {
+			return err
+		}
+		defaultReg = host
+		if plain {
+			insecure = append(insecure, host)
+		}
+	}
+	ctx, cancel := context.WithTimeout(ctx, f.timeout)
+	defer cancel()
+	opts := registry.Options{Insecure: insecure}
+	if f.verbose {
+		opts.Log = stderr
+	}
+	client := registry.New(opts)
+
+	items, err := batchItems(ctx, client, defaultReg, f, args, stdin)
+	if err != nil {
+		return err
+	}
+	if len(items) == 0 {
+		return usagef("no images: give IMAGE arguments, -f FILE, --all-tags REPO or --scan")
+	}
+	// Every reference is parsed before the first request, so that a bad
+	// line fails the batch before anything is written, and so that the
+	// registry's token covers every repository at once.
+	reqs := make([]engine.Request, len(items))
+	for i, it := range items {
+		fl := f.rebaseFlags
+		if it.from != "" || it.to != "" {
+			fl.fromBase, fl.toBase = it.from, it.to
+		}
+		if reqs[i], err = buildRequest(client, defaultReg, it.ref, &fl); err != nil {
+			return usagef(fmt.Sprintf("%s: %v", it.origin, err))
+		}
+	}
+
+	shared := engine.NewShared()
+	shared.RecheckAfter = f.recheckAfter
+	out := newBatchPrinter(f, len(reqs), stdout, stderr)
+	results := make(chan batchOutcome)
+	next := make(chan int)
+	var wg sync.WaitGroup
+	for range min(f.jobs, len(reqs)) {
+		wg.Go(func() {
+			for i := range next {
+				start := time.Now()
+				res, err := shared.Rebase(ctx, reqs[i])
+				results <- outcome(reqs[i], res, err, time.Since(start))
+			}
+		})
+	}
+	go func() {
+		for i := range reqs {
+			next <- i
+		}
+		close(next)
+		wg.Wait()
+		close(results)
+	}()
+	for o := range results {
+		out.add(o)
+	}
+	return out.finish()
+}
+
+// outcome turns a rebase's result into what is printed; the plan is
+// dropped, so that memory does not grow with the number of images.
+func outcome(req engine.Request, res *engine.Result, err error, d time.Duration) batchOutcome {
+	o := batchOutcome{Image: req.Image.String(), Seconds: d.Round(time.Millisecond).Seconds(), Result: res}
+	if res != nil {
+		res.Plan = nil
+		for i := range res.Platforms {
+			res.Platforms[i].Plan = nil
+		}
+		o.Action = string(res.Action)
+	}
+	if err != nil {
+		o.Action, o.Error, o.ExitCode = failed, oneLine(err), exitCode(err)
+	}
+	return o
+}
+
+// batchItems lists the images to rebase, each once, in the order given.
+func batchItems(ctx context.Context, client *registry.Client, defaultReg string, f *batchFlags, args []string, stdin io.Reader) ([]batchItem, error) {
+	var items []batchItem
+	seen := map[string]bool{}
+	add := func(it batchItem) {
+		if !seen[it.ref] {
+			seen[it.ref] = true
+			items = append(items, it)
+		}
+	}
+	for i, a := range args {
+		add(batchItem{ref: a, origin: fmt.Sprintf("argument %d (%s)", i+1, a)})
+	}
+	for _, name := range f.files {
+		r := stdin
+		if name != "-" {
+			file, err := os.Open(name)
+			if err != nil {
+				return nil, usagef(fmt.Sprintf("-f: %v", err))
+			}
+			defer file.Close()
+			r = file
+		}
+		if err := readImageList(r, name, add); err != nil {
+			return nil, err
+		}
+	}
+	for _, repo := range f.allTags {
+		rp, err := client.Repository(defaultReg, repo, !f.dryRun && !f.check)
+		if err != nil {
+			return nil, usagef(fmt.Sprintf("--all-tags: %v", err))
+		}
+		tags, err := rp.Tags(ctx)
+		if err != nil {
+			return nil, err
+		}
+		sort.Strings(tags)
+		for _, t := range tags {
+			ref := rp.Name() + ":" + t
+			add(batchItem{ref: ref, origin: "--all-tags " + ref})
+		}
+	}
+	if f.scan.enabled {
+		sf := f.scan
+		sf.jobs, sf.label = f.jobs, f.label
+		found, err := runScanFor(ctx, client, defaultReg, &sf)
+		if err != nil {
+			return nil, err
+		}
+		for _, s := range found {
+			if s.Stale {
+				add(batchItem{ref: s.Image, from: s.From, to: s.To, origin: "--scan " + s.Image})
+			}
+		}
+	}
+	return items, nil
+}
+
+// readImageList reads one reference per line; blank lines and # comments
+// are skipped; a line starting with "{" is a JSON object with "image" and
+// optional "from" and "to" (scan -o json prints them).
+func readImageList(r io.Reader, name string, add func(batchItem)) error {
+	sc := bufio.NewScanner(r)
+	sc.Buffer(make([]byte, 0, 64<<10), 1<<20)
+	for n := 1; sc.Scan(); n++ {
+		line := strings.TrimSpace(sc.Text())
+		origin := fmt.Sprintf("%s line %d", name, n)
+		switch {
+		case line == "" || strings.HasPrefix(line, "#"):
+			continue
+		case strings.HasPrefix(line, "{"):
+			var v struct {
+				Image, From, To string
+				Summary         json.RawMessage
+			}
+			if err := json.Unmarshal([]byte(line), &v); err != nil {
+				return usagef(fmt.Sprintf("%s: %v", origin, err))
+			}
+			if v.Summary != nil {
+				continue // the summary line of scan or batch -o json
+			}
+			if v.Image == "" {
+				return usagef(fmt.Sprintf("%s: no \"image\"", origin))
+			}
+			add(batchItem{ref: v.Image, from: v.From, to: v.To, origin: origin})
+		case strings.ContainsAny(line, " \t"):
+			return usagef(fmt.Sprintf("%s: %q: want one image reference per line", origin, line))
+		default:
+			add(batchItem{ref: line, origin: origin})
+		}
+	}
+	if err := sc.Err(); err != nil {
+		return usagef(fmt.Sprintf("reading %s: %v", name, err))
+	}
+	return nil
+}
