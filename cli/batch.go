@@ -134,7 +134,7 @@ func runBatch(ctx context.Context, f *batchFlags, changed func(string) bool, arg
 		return usagef("--base and --repo go with --scan")
 	}
 	var defaultReg string
-	insecure := f.insecure
+	var plainHTTP []string
 	if f.registry != "" {
 		host, plain, err := classicRegistry(f.registry)
 		if err != nil {
@@ -142,12 +142,12 @@ func runBatch(ctx context.Context, f *batchFlags, changed func(string) bool, arg
 		}
 		defaultReg = host
 		if plain {
-			insecure = append(insecure, host)
+			plainHTTP = append(plainHTTP, host)
 		}
 	}
 	ctx, cancel := context.WithTimeout(ctx, f.timeout)
 	defer cancel()
-	opts := registry.Options{Insecure: insecure}
+	opts := registry.Options{Insecure: f.insecure, PlainHTTP: plainHTTP}
 	if f.verbose {
 		opts.Log = stderr
 	}

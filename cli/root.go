@@ -181,7 +181,7 @@ func runRebase(ctx context.Context, f *rebaseFlags, cmdFlags func(string) bool, 
 		return err
 	}
 	var defaultReg string
-	insecure := f.insecure
+	var plainHTTP []string
 	if len(args) == 2 {
 		host, plain, err := classicRegistry(args[0])
 		if err != nil {
@@ -189,14 +189,14 @@ func runRebase(ctx context.Context, f *rebaseFlags, cmdFlags func(string) bool, 
 		}
 		defaultReg = host
 		if plain {
-			insecure = append(insecure, host)
+			plainHTTP = append(plainHTTP, host)
 		}
 		args = args[1:]
 	}
 	ctx, cancel := context.WithTimeout(ctx, f.timeout)
 	defer cancel()
 
-	opts := registry.Options{Insecure: insecure}
+	opts := registry.Options{Insecure: f.insecure, PlainHTTP: plainHTTP}
 	if f.verbose {
 		opts.Log = stderr
 	}

@@ -72,12 +72,13 @@ batch -f - reads: scan REGISTRY --base base:2 --stale -o json | batch -f -`,
 			if err != nil {
 				return err
 			}
+			var plainHTTP []string
 			if plain {
-				insecure = append(insecure, host)
+				plainHTTP = append(plainHTTP, host)
 			}
 			ctx, cancel := context.WithTimeout(cmd.Context(), timeout)
 			defer cancel()
-			opts := registry.Options{Insecure: insecure}
+			opts := registry.Options{Insecure: insecure, PlainHTTP: plainHTTP}
 			if verbose {
 				opts.Log = stderr
 			}

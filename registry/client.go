@@ -32,6 +32,11 @@ type Options struct {
 	// Insecure lists registries ("host:port") reached over plain HTTP or
 	// with unverified TLS; "*" means every registry.
 	Insecure []string
+	// PlainHTTP lists registries ("host:port") known to speak plain HTTP
+	// only (named http://host:port): they are also Insecure, and the HTTPS
+	// attempt go-containerregistry makes first fails at once instead of
+	// waiting for its 300 ms fallback to HTTP.
+	PlainHTTP []string
 	// Log receives one line per HTTP request when non-nil (-v). Secrets are
 	// never written: no headers, no query strings.
 	Log io.Writer
@@ -77,6 +82,7 @@ func New(opts Options) *Client {
 		t.MaxIdleConnsPerHost = 64
 		opts.Transport = t
 	}
+	opts.Insecure = append(slices.Clone(opts.Insecure), opts.PlainHTTP...)
 	if opts.UserAgent == "" {
 		opts.UserAgent = "image-rebase"
 	}
@@ -130,15 +136,22 @@ func (c *Client) transport(ctx context.Context, reg name.Registry) (http.RoundTr
 			return
 		}
 		base := c.opts.Transport
-		if c.IsInsecure(reg.RegistryStr()) {
+		plain := slices.Contains(c.opts.PlainHTTP, reg.RegistryStr())
+		switch {
+		case plain:
+		case c.IsInsecure(reg.RegistryStr()):
 			base = insecureTransport(base)
-		} else {
+		default:
 			base = httpsOnly{inner: base, reg: reg.RegistryStr()}
 		}
 		if c.opts.Log != nil {
 			base = &logTransport{inner: base, w: c.opts.Log}
 		}
 		base = &retryTransport{inner: &verifyTransport{inner: base}, policy: c.retry}
+		if plain {
+			// Outside the retries: the refusal is final.
+			base = plainHTTPOnly{inner: base, reg: reg.RegistryStr()}
+		}
 		base = transport.NewUserAgent(base, c.opts.UserAgent)
 		rt, err := transport.NewWithContext(ctx, reg, auth, base, scopes)
 		if err != nil {
@@ -176,6 +189,21 @@ func (h httpsOnly) RoundTrip(r *http.Request) (*http.Response, error) {
 		return nil, fmt.Errorf("plain HTTP to %s is not allowed; pass --insecure=%s or use http://%s as REGISTRY", h.reg, h.reg, h.reg)
 	}
 	return h.inner.RoundTrip(r)
+}
+
+// plainHTTPOnly fails HTTPS requests to a registry named http://host at
+// once: a TLS hello sent to a plain HTTP server gets no answer, and
+// go-containerregistry would wait 300 ms before pinging over HTTP.
+type plainHTTPOnly struct {
+	inner http.RoundTripper
+	reg   string
+}
+
+func (p plainHTTPOnly) RoundTrip(r *http.Request) (*http.Response, error) {
+	if r.URL.Scheme == "https" && r.URL.Host == p.reg {
+		return nil, fmt.Errorf("%s was named http://%s: not trying HTTPS", p.reg, p.reg)
+	}
+	return p.inner.RoundTrip(r)
 }
 
 // logTransport writes one line per request: method, URL without query
