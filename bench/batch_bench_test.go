@@ -162,6 +162,10 @@ func BenchmarkBatch(b *testing.B) {
 			b.Fatalf("rerun: %v", rerun.byAction)
 		}
 		solo := runBatch(b, proxy, reg, hundred)
+		quarter := runBatch(b, proxy, reg, appsOnBase1(b, reg, p+"quarter", batchSize/4, 10))
+		j32refs := appsOnBase1(b, reg, p+"j32", batchSize, 10)
+		j32 := runBatch(b, proxy, reg, j32refs, "-j", "32")
+		j32rerun := runBatch(b, proxy, reg, j32refs, "-j", "32")
 		recheck := runBatch(b, proxy, reg, appsOnBase1(b, reg, p+"recheck", batchSize, 10), "--recheck-after", "0")
 
 		proxy.Reset()
@@ -184,18 +188,22 @@ func BenchmarkBatch(b *testing.B) {
 		b.ReportMetric(solo.perImage(batchSize), "100repos-requests/image")
 		b.ReportMetric(recheck.wall.Seconds(), "recheck-s")
 		b.ReportMetric(recheck.perImage(batchSize), "recheck-requests/image")
+		b.ReportMetric(j32.wall.Seconds(), "j32-s")
+		b.ReportMetric(j32rerun.wall.Seconds(), "j32-rerun-s")
 		b.ReportMetric(ggcrWall.Seconds(), "ggcr-s")
 		b.ReportMetric(ggcrReqs, "ggcr-requests/image")
 		b.ReportMetric(ggcrWall.Seconds()/batch.wall.Seconds(), "x-faster")
 		b.ReportMetric(batch.allocPerImage/1024, "alloc-KiB/image")
 		b.ReportMetric(batch.peakHeapInUseMB, "peak-heap-MiB")
+		b.ReportMetric(quarter.peakHeapInUseMB, "25images-peak-heap-MiB")
 		b.Logf("batch, 10 repositories × 10 tags: %s, %d requests (%d shared: ping and base documents; %d mounts), %.2f requests/image after the shared documents, %.2f without mounts, %d tag re-reads",
 			batch.wall.Round(time.Millisecond), batch.requests, batch.shared, batch.mounts, batch.perImage(batchSize), float64(batch.requests-batch.shared-batch.mounts)/batchSize, batch.heads)
 		b.Logf("rerun (all up to date): %s, %d requests, %.2f requests/image", rerun.wall.Round(time.Millisecond), rerun.requests, rerun.perImage(batchSize))
 		b.Logf("batch, 100 repositories × 1 tag: %s, %d requests (%d mounts), %.2f requests/image", solo.wall.Round(time.Millisecond), solo.requests, solo.mounts, solo.perImage(batchSize))
 		b.Logf("batch with --recheck-after 0: %s, %.2f requests/image, %d tag re-reads", recheck.wall.Round(time.Millisecond), recheck.perImage(batchSize), recheck.heads)
+		b.Logf("-j 32: batch %s, rerun %s", j32.wall.Round(time.Millisecond), j32rerun.wall.Round(time.Millisecond))
 		b.Logf("go-containerregistry one by one: %s for 100 (measured on %d), %.1f requests/image", ggcrWall.Round(time.Millisecond), ggcrN, ggcrReqs)
-		b.Logf("memory: %.0f KiB allocated per image (in-process registry and proxy included), peak heap in use +%.1f MiB; 100 repositories run: +%.1f MiB",
-			batch.allocPerImage/1024, batch.peakHeapInUseMB, solo.peakHeapInUseMB)
+		b.Logf("memory (client, in-process registry and proxy together): %.0f KiB allocated per image; peak heap in use +%.1f MiB for 100 images, +%.1f MiB for 25 (%.0f KiB allocated per image), +%.1f MiB for 100 repositories",
+			batch.allocPerImage/1024, batch.peakHeapInUseMB, quarter.peakHeapInUseMB, quarter.allocPerImage/1024, solo.peakHeapInUseMB)
 	}
 }
