@@ -158,7 +158,11 @@ func runBatch(ctx context.Context, f *batchFlags, changed func(string) bool, arg
 		return err
 	}
 	if len(items) == 0 {
-		return usagef("no images: give IMAGE arguments, -f FILE, --all-tags REPO or --scan")
+		if len(args) == 0 && len(f.files) == 0 && len(f.allTags) == 0 && !f.scan.enabled {
+			return usagef("no images: give IMAGE arguments, -f FILE, --all-tags REPO or --scan")
+		}
+		// An empty list (nothing stale, an empty repository) is nothing to do.
+		return newBatchPrinter(f, 0, stdout, stderr).finish()
 	}
 	// Every reference is parsed before the first request, so that a bad
 	// line fails the batch before anything is written, and so that the
@@ -190,10 +194,24 @@ func runBatch(ctx context.Context, f *batchFlags, changed func(string) bool, arg
 		})
 	}
 	go func() {
+		// On interrupt or --timeout, the images not started yet are
+		// reported as such instead of being started to fail.
+		var notStarted []int
 		for i := range reqs {
-			next <- i
+			if ctx.Err() != nil {
+				notStarted = append(notStarted, i)
+				continue
+			}
+			select {
+			case next <- i:
+			case <-ctx.Done():
+				notStarted = append(notStarted, i)
+			}
 		}
 		close(next)
+		for _, i := range notStarted {
+			results <- outcome(reqs[i], nil, fmt.Errorf("not started: %w", context.Cause(ctx)), 0)
+		}
 		wg.Wait()
 		close(results)
 	}()
