@@ -254,6 +254,8 @@ func runScanFor(ctx context.Context, client *registry.Client, reg string, f *sca
 		}
 	}
 
+	// At most -j requests at once; a task takes its slot before it is
+	// started, so that goroutines do not pile up on a large registry.
 	var mu sync.Mutex
 	var found []scan.Finding
 	var errs []error
@@ -262,8 +264,8 @@ func runScanFor(ctx context.Context, client *registry.Client, reg string, f *sca
 		if s.current[rp.Name()] != nil {
 			continue // a base's own repository
 		}
+		s.sem <- struct{}{}
 		wg.Go(func() {
-			s.sem <- struct{}{}
 			tags, err := rp.Tags(ctx)
 			<-s.sem
 			if err != nil {
@@ -272,10 +274,9 @@ func runScanFor(ctx context.Context, client *registry.Client, reg string, f *sca
 				mu.Unlock()
 				return
 			}
-			var inner sync.WaitGroup
 			for _, t := range tags {
-				inner.Go(func() {
-					s.sem <- struct{}{}
+				s.sem <- struct{}{}
+				wg.Go(func() {
 					defer func() { <-s.sem }()
 					fd, keep, err := s.image(ctx, engine.Location{Repo: rp, Tag: t})
 					mu.Lock()
@@ -288,7 +289,6 @@ func runScanFor(ctx context.Context, client *registry.Client, reg string, f *sca
 					}
 				})
 			}
-			inner.Wait()
 		})
 	}
 	wg.Wait()
