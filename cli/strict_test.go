@@ -11,13 +11,13 @@ import (
 // embeds the old base's V=1) is refused under --strict, with the warnings in
 // the output and nothing written; without --strict it is rebased and warns.
 func TestStrictRefusesOnWarnings(t *testing.T) {
-	reg := startRegistry(t, "", "")
+	reg := startRegistry(t)
 	b1 := image(t, nil, "amd64", "V=1", map[string]string{"os": "one"})
-	reg.push(t, "base:1", b1)
-	reg.push(t, "base:2", image(t, nil, "amd64", "V=2", map[string]string{"os": "two"}))
-	reg.push(t, "app:1", image(t, b1, "amd64", "MSG=built on 1", map[string]string{"app": "app"}))
-	before := reg.snapshot(t)
-	args := []string{"http://" + reg.host, "app:1", "--from-base", "base:1", "--to-base", "base:2"}
+	reg.Push(t, "base:1", b1)
+	reg.Push(t, "base:2", image(t, nil, "amd64", "V=2", map[string]string{"os": "two"}))
+	reg.Push(t, "app:1", image(t, b1, "amd64", "MSG=built on 1", map[string]string{"app": "app"}))
+	before := reg.Snapshot(t)
+	args := []string{"http://" + reg.Host, "app:1", "--from-base", "base:1", "--to-base", "base:2"}
 
 	code, out, stderr := run(t, append(args, "--strict", "-o", "json")...)
 	if code != 4 || !strings.Contains(stderr, "--strict") {
@@ -43,7 +43,7 @@ func TestStrictRefusesOnWarnings(t *testing.T) {
 	if code != 4 {
 		t.Errorf("--strict --dry-run: exit %d", code)
 	}
-	if after := reg.snapshot(t); fmt.Sprint(after) != fmt.Sprint(before) {
+	if after := reg.Snapshot(t); fmt.Sprint(after) != fmt.Sprint(before) {
 		t.Fatalf("a refused rebase wrote: %v → %v", before, after)
 	}
 
