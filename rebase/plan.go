@@ -53,6 +53,10 @@ type Plan struct {
 	// Image names the application image, ImageDigest its manifest.
 	Image       string  `json:"image"`
 	ImageDigest v1.Hash `json:"imageDigest"`
+	// ImageDescriptor and ImageManifest are the image's manifest as read,
+	// for a backup tag.
+	ImageDescriptor v1.Descriptor `json:"-"`
+	ImageManifest   []byte        `json:"-"`
 	// OldBase and NewBase are the bases swapped.
 	OldBase BaseRef `json:"oldBase"`
 	NewBase BaseRef `json:"newBase"`
@@ -103,15 +107,17 @@ func New(in Input) (*Plan, error) {
 		return nil, err
 	}
 	p := &Plan{
-		Image:       img.Ref,
-		ImageDigest: img.Descriptor.Digest,
-		OldBase:     BaseRef{Ref: old.Ref, Digest: old.Digest, Layers: len(old.Layers)},
-		NewBase:     BaseRef{Ref: nw.Ref, Digest: nw.Digest, Layers: len(nw.Layers)},
-		Removed:     old.Layers,
-		Added:       nw.Layers,
-		Kept:        img.Manifest.Layers[len(old.Layers):],
-		Changes:     []configmerge.Change{},
-		Warnings:    []Warning{},
+		Image:           img.Ref,
+		ImageDigest:     img.Descriptor.Digest,
+		ImageDescriptor: img.Descriptor,
+		ImageManifest:   img.RawManifest,
+		OldBase:         BaseRef{Ref: old.Ref, Digest: old.Digest, Layers: len(old.Layers)},
+		NewBase:         BaseRef{Ref: nw.Ref, Digest: nw.Digest, Layers: len(nw.Layers)},
+		Removed:         old.Layers,
+		Added:           nw.Layers,
+		Kept:            img.Manifest.Layers[len(old.Layers):],
+		Changes:         []configmerge.Change{},
+		Warnings:        []Warning{},
 	}
 
 	config, err := p.config(img, old, nw)
