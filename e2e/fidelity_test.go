@@ -142,7 +142,7 @@ func TestRebuildEquivalence(t *testing.T) {
 	}
 }
 
-type rebaseJSON struct {
+type fidelityResult struct {
 	Action   string
 	Warnings []struct{ Code, Message string }
 }
@@ -163,7 +163,7 @@ func checkFidelity(t *testing.T, r *registryServer, c fidelityCase) {
 	}
 	if len(c.warn) > 0 {
 		code, out, stderr := rebase(t, r.env(), append(args, "--strict")...)
-		res := parseRebaseJSON(t, out)
+		res := parseFidelityResult(t, out)
 		if code != 4 || res.Action != "refused" || r.exists(t, c.name+":rebased") {
 			t.Fatalf("--strict: want exit 4, action refused, nothing written; exit %d, %+v: %s", code, res, stderr)
 		}
@@ -172,7 +172,7 @@ func checkFidelity(t *testing.T, r *registryServer, c fidelityCase) {
 	if code != 0 {
 		t.Fatalf("rebase: exit %d: %s%s", code, out, stderr)
 	}
-	res := parseRebaseJSON(t, out)
+	res := parseFidelityResult(t, out)
 	var codes []string
 	for _, w := range res.Warnings {
 		codes = append(codes, w.Code)
@@ -211,9 +211,9 @@ func checkFidelity(t *testing.T, r *registryServer, c fidelityCase) {
 	}
 }
 
-func parseRebaseJSON(t *testing.T, out string) rebaseJSON {
+func parseFidelityResult(t *testing.T, out string) fidelityResult {
 	t.Helper()
-	var res rebaseJSON
+	var res fidelityResult
 	if err := json.Unmarshal([]byte(out), &res); err != nil {
 		t.Fatalf("output is not one JSON object: %v\n%s", err, out)
 	}
