@@ -24,8 +24,9 @@ const (
 	// an image, tag or repository does not exist.
 	ExitRegistry = 3
 	// ExitRefused: the images were read but the rebase cannot be done as
-	// asked (not on the old base, platform mismatch, unsupported manifest,
-	// existing target without --force, a blob that cannot be mounted).
+	// asked (not on the old base, platform mismatch, unsupported, corrupt or
+	// oversized document, existing target without --force, a blob that
+	// cannot be mounted).
 	ExitRefused = 4
 	// ExitWouldRebase: --check found that a rebase is due (nothing was
 	// written). Distinct from the failure codes, so that CI can tell
@@ -50,6 +51,7 @@ func exitCode(err error) int {
 		ue *usageError
 		re *rebase.RefusedError
 		me *manifest.UnsupportedError
+		ie *manifest.InvalidError
 		te *engine.TargetExistsError
 		mr *registry.MountRefusedError
 		ae *registry.AccessError
@@ -61,7 +63,7 @@ func exitCode(err error) int {
 		return ExitWouldRebase
 	case errors.As(err, &ue):
 		return ExitUsage
-	case errors.As(err, &re), errors.As(err, &me), errors.As(err, &te), errors.As(err, &mr):
+	case errors.As(err, &re), errors.As(err, &me), errors.As(err, &ie), errors.As(err, &te), errors.As(err, &mr):
 		return ExitRefused
 	case errors.As(err, &ae):
 		return ExitRegistry

@@ -11,6 +11,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/google/go-containerregistry/pkg/name"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/spf13/cobra"
 
@@ -52,6 +53,7 @@ type rebaseFlags struct {
 	layers int
 	check  bool
 
+	backupTag          string
 	platforms          []string
 	keepOtherPlatforms bool
 	keepAttestations   bool
@@ -111,6 +113,7 @@ current image of the base it names, or says it is up to date.`,
 	fl.IntVar(&f.layers, "layers", 0, "keep the image's top N history entries (as docker history lists them, empty-layer ones included) and put --to-base under them")
 	fl.BoolVar(&f.allowCopy, "allow-copy", false, "stream a layer registry to registry when the registry refuses to mount it")
 	fl.StringVarP(&f.output, "output", "o", "text", "output format: text or json")
+	fl.StringVar(&f.backupTag, "backup-tag", "", "before moving a tag, tag the image it named with this template ({tag} is the tag), e.g. {tag}-prev")
 	fl.StringArrayVar(&f.platforms, "platform", nil, "rebase only this platform of an index (os/arch[/variant]; repeatable)")
 	fl.BoolVar(&f.keepOtherPlatforms, "keep-other-platforms", false, "keep the platforms --platform leaves out unchanged in the new index")
 	fl.BoolVar(&f.keepAttestations, "keep-attestations", false, "keep an index's attestation manifests (they describe the old images)")
@@ -140,7 +143,7 @@ func classicRegistry(arg string) (host string, plainHTTP bool, err error) {
 		host = arg
 	}
 	host = strings.TrimSuffix(host, "/")
-	if host == "" || strings.ContainsAny(host, "/@ ") {
+	if !registry.ValidHost(host) {
 		return "", false, usagef(fmt.Sprintf("invalid registry %q: want host[:port] or http(s)://host[:port]", arg))
 	}
 	return host, plainHTTP, nil
@@ -266,6 +269,15 @@ func buildRequest(client *registry.Client, defaultReg, image string, f *rebaseFl
 	}
 	req.DryRun, req.Force, req.AllowCopy = f.dryRun || f.check, f.force, f.allowCopy
 	req.KeepOtherPlatforms, req.KeepAttestations = f.keepOtherPlatforms, f.keepAttestations
+	if f.backupTag != "" {
+		if req.Image.Tag == "" {
+			return req, usagef("--backup-tag needs IMAGE named by tag")
+		}
+		req.BackupTag = strings.ReplaceAll(f.backupTag, "{tag}", req.Image.Tag)
+		if _, err := name.NewTag("example.com/x:"+req.BackupTag, name.StrictValidation); err != nil || !isBareTag(req.BackupTag) {
+			return req, usagef(fmt.Sprintf("--backup-tag %q does not make a valid tag (%q)", f.backupTag, req.BackupTag))
+		}
+	}
 	for _, s := range f.platforms {
 		p, err := platform.Parse(s)
 		if err != nil {
@@ -326,6 +338,9 @@ func printResult(w io.Writer, f *rebaseFlags, res *engine.Result) error {
 		fmt.Fprintf(w, "  after   %s\n", res.After)
 		if res.Replaced != nil && *res.Replaced != res.Before {
 			fmt.Fprintf(w, "  replaced %s (the tag's previous image)\n", *res.Replaced)
+		}
+		if res.Backup != "" {
+			fmt.Fprintf(w, "  backup  %s (the previous image, kept)\n", res.Backup)
 		}
 		fmt.Fprintf(w, "  layers  %d mounted, %d copied (%d bytes)\n", res.Transferred.Mounted, res.Transferred.Copied, res.Transferred.CopiedBytes)
 	}

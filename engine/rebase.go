@@ -44,6 +44,9 @@ type Request struct {
 	// KeepAttestations keeps an index's attestation manifests (which
 	// describe the old images); by default they are dropped with a warning.
 	KeepAttestations bool
+	// BackupTag, when set, tags the image as it was read before the target
+	// tag moves, so that a registry garbage collection cannot take it.
+	BackupTag string
 }
 
 // Action says what a rebase did.
@@ -71,7 +74,9 @@ type Result struct {
 	After  v1.Hash `json:"after"`
 	// Replaced is the digest the target tag named before it was moved, if
 	// it existed.
-	Replaced    *v1.Hash         `json:"replaced,omitempty"`
+	Replaced *v1.Hash `json:"replaced,omitempty"`
+	// Backup names the tag that keeps the replaced image, if any.
+	Backup      string           `json:"backup,omitempty"`
 	OldBase     rebase.BaseRef   `json:"oldBase"`
 	NewBase     rebase.BaseRef   `json:"newBase"`
 	Transferred Transferred      `json:"transferred"`
@@ -315,7 +320,12 @@ func Apply(ctx context.Context, req Request, plan *rebase.Plan, session BlobUplo
 	if inPlace && !req.Force {
 		wg.Go(func() { current = resolveTarget(ctx, target, req.Target.Tag) })
 	}
+	var backupErr error
+	if req.BackupTag != "" {
+		wg.Go(func() { backupErr = backup(ctx, req, plan.ImageDescriptor, plan.ImageManifest) })
+	}
 	wg.Wait()
+	errs = append(errs, backupErr)
 	for _, r := range reports {
 		res.Transferred = res.Transferred.Add(r)
 	}
@@ -332,6 +342,9 @@ func Apply(ctx context.Context, req Request, plan *rebase.Plan, session BlobUplo
 		d := plan.ImageDigest
 		res.Replaced = &d
 	}
+	if req.BackupTag != "" {
+		res.Backup = req.Image.Repo.Name() + ":" + req.BackupTag
+	}
 	res.Action = Rebased
 	return res, nil
 }
@@ -339,6 +352,19 @@ func Apply(ctx context.Context, req Request, plan *rebase.Plan, session BlobUplo
 type blobGroup struct {
 	src   Repo
 	blobs []v1.Descriptor
+}
+
+// backup tags the image as read in the image's repository, by writing its
+// manifest again under req.BackupTag (its blobs are already there).
+func backup(ctx context.Context, req Request, d v1.Descriptor, raw []byte) error {
+	repo, ok := req.Image.Repo.(WritableRepo)
+	if !ok {
+		return fmt.Errorf("%s cannot be written to for the backup tag", req.Image.Repo.Name())
+	}
+	if err := repo.PutManifest(ctx, req.BackupTag, d, raw); err != nil {
+		return fmt.Errorf("writing backup tag %s: %w", req.BackupTag, err)
+	}
+	return nil
 }
 
 // missingBlobs lists the result's layers that the target repository may

@@ -53,6 +53,10 @@ type Plan struct {
 	// Image names the application image, ImageDigest its manifest.
 	Image       string  `json:"image"`
 	ImageDigest v1.Hash `json:"imageDigest"`
+	// ImageDescriptor and ImageManifest are the image's manifest as read,
+	// for a backup tag.
+	ImageDescriptor v1.Descriptor `json:"-"`
+	ImageManifest   []byte        `json:"-"`
 	// OldBase and NewBase are the bases swapped.
 	OldBase BaseRef `json:"oldBase"`
 	NewBase BaseRef `json:"newBase"`
@@ -96,8 +100,10 @@ func New(in Input) (*Plan, error) {
 		return nil, err
 	}
 	p := &Plan{
-		Image:       img.Ref,
-		ImageDigest: img.Descriptor.Digest,
+		Image:           img.Ref,
+		ImageDigest:     img.Descriptor.Digest,
+		ImageDescriptor: img.Descriptor,
+		ImageManifest:   img.RawManifest,
 		OldBase:     BaseRef{Ref: old.Ref, Digest: old.Digest, Layers: len(old.Layers)},
 		NewBase:     BaseRef{Ref: nw.Ref, Digest: nw.Digest, Layers: len(nw.Layers)},
 		Removed:     old.Layers,

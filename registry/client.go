@@ -39,12 +39,17 @@ type Options struct {
 	Transport http.RoundTripper
 	// UserAgent is sent with every request.
 	UserAgent string
+	// RetryBackoff is the first wait before a retry (doubling, with
+	// jitter); 250ms when zero. Tests shorten it.
+	RetryBackoff time.Duration
 }
 
 // Client reaches registries. It pings each registry once and shares one
 // authenticated transport per registry across every repository it touches.
 type Client struct {
 	opts Options
+
+	retry retryPolicy
 
 	mu     sync.Mutex
 	scopes map[string][]string // registry → scopes asked so far
@@ -63,12 +68,20 @@ func New(opts Options) *Client {
 		opts.Keychain = authn.DefaultKeychain
 	}
 	if opts.Transport == nil {
-		opts.Transport = http.DefaultTransport
+		t := http.DefaultTransport.(*http.Transport).Clone()
+		// Per-request limits; --timeout bounds the whole run.
+		t.ResponseHeaderTimeout = 60 * time.Second
+		t.TLSHandshakeTimeout = 15 * time.Second
+		opts.Transport = t
 	}
 	if opts.UserAgent == "" {
 		opts.UserAgent = "image-rebase"
 	}
-	return &Client{opts: opts, scopes: map[string][]string{}, regs: map[string]*regConn{}}
+	retry := defaultRetry
+	if opts.RetryBackoff > 0 {
+		retry.base = opts.RetryBackoff
+	}
+	return &Client{opts: opts, retry: retry, scopes: map[string][]string{}, regs: map[string]*regConn{}}
 }
 
 // IsInsecure reports whether reg may be reached without verified TLS.
@@ -122,10 +135,7 @@ func (c *Client) transport(ctx context.Context, reg name.Registry) (http.RoundTr
 		if c.opts.Log != nil {
 			base = &logTransport{inner: base, w: c.opts.Log}
 		}
-		base = transport.NewRetry(base,
-			transport.WithRetryBackoff(transport.Backoff{Duration: 200 * time.Millisecond, Factor: 2, Jitter: 0.2, Steps: 4}),
-			transport.WithRetryStatusCodes(http.StatusRequestTimeout, http.StatusInternalServerError, http.StatusBadGateway,
-				http.StatusServiceUnavailable, http.StatusGatewayTimeout, http.StatusTooManyRequests))
+		base = &retryTransport{inner: &verifyTransport{inner: base}, policy: c.retry}
 		base = transport.NewUserAgent(base, c.opts.UserAgent)
 		rt, err := transport.NewWithContext(ctx, reg, auth, base, scopes)
 		if err != nil {
@@ -185,8 +195,8 @@ func (l *logTransport) RoundTrip(r *http.Request) (*http.Response, error) {
 		status = resp.Status
 	}
 	l.mu.Lock()
+	defer l.mu.Unlock()
 	fmt.Fprintf(l.w, "%s %s -> %s (%s)\n", r.Method, u.String(), status, time.Since(start).Round(time.Millisecond))
-	l.mu.Unlock()
 	return resp, err
 }
 
