@@ -6,6 +6,7 @@ package engine
 
 import (
 	"context"
+	"io"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 )
@@ -39,6 +40,15 @@ type WritableRepo interface {
 	// Resolve returns the digest a tag names now, and false when the tag
 	// does not exist.
 	Resolve(ctx context.Context, tag string) (v1.Hash, bool, error)
+}
+
+// BlobOpener is a Repo that can stream any blob it holds. Targets that
+// must copy blobs (local layouts and archives, or a registry with
+// --allow-copy) read their sources through it.
+type BlobOpener interface {
+	// OpenBlob streams the blob d. The reader is not verified: the
+	// receiving side checks size and digest.
+	OpenBlob(ctx context.Context, d v1.Descriptor) (io.ReadCloser, error)
 }
 
 // BlobUpload is an upload opened by StartUpload: commit it once, or cancel it.
