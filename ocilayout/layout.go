@@ -27,6 +27,7 @@ import (
 
 	"github.com/image-rebase/image-rebase/engine"
 	"github.com/image-rebase/image-rebase/manifest"
+	"github.com/image-rebase/image-rebase/progress"
 )
 
 // RefName is the annotation that holds a tag in index.json.
@@ -120,10 +121,13 @@ func (l *Layout) Lookup(tag string) (v1.Descriptor, bool, error) {
 	if err != nil {
 		return v1.Descriptor{}, false, err
 	}
-	return lookup(l.name, idx, tag)
+	return FindTag(l.name, idx, tag)
 }
 
-func lookup(name string, idx *v1.IndexManifest, tag string) (v1.Descriptor, bool, error) {
+// FindTag finds the entry of idx (an index.json) that tag names: the one
+// annotated with it, or for the empty tag the only entry. name is used in
+// errors.
+func FindTag(name string, idx *v1.IndexManifest, tag string) (v1.Descriptor, bool, error) {
 	if tag == "" {
 		switch len(idx.Manifests) {
 		case 0:
@@ -168,7 +172,7 @@ func (l *Layout) Manifest(ctx context.Context, id string) (v1.Descriptor, []byte
 		}
 	} else {
 		var ok bool
-		if d, ok, err = lookup(l.name, idx, id); err != nil {
+		if d, ok, err = FindTag(l.name, idx, id); err != nil {
 			return v1.Descriptor{}, nil, err
 		} else if !ok {
 			return v1.Descriptor{}, nil, &NotFoundError{Repo: l.name, ID: id}
@@ -276,11 +280,7 @@ func (l *Layout) Transfer(ctx context.Context, src engine.Repo, blobs []v1.Descr
 		if err != nil {
 			return t, fmt.Errorf("copying %s from %s to %s: %w", d.Digest, src.Name(), l.name, err)
 		}
-		r := io.Reader(rc)
-		if l.progress != nil {
-			r = newProgress(l.progress, d, rc)
-		}
-		err = l.WriteBlob(ctx, d, r)
+		err = l.WriteBlob(ctx, d, progress.Reader(l.progress, d, rc))
 		rc.Close()
 		if err != nil {
 			return t, fmt.Errorf("copying %s from %s to %s: %w", d.Digest, src.Name(), l.name, err)
@@ -442,31 +442,40 @@ func (l *Layout) PutManifest(ctx context.Context, tag string, d v1.Descriptor, r
 
 // checkComplete verifies that the blobs a manifest references are present.
 func (l *Layout) checkComplete(d v1.Descriptor, raw []byte) error {
-	var refs []v1.Descriptor
-	kind, _ := manifest.Classify(d.MediaType, raw)
-	switch kind {
-	case manifest.KindIndex:
-		idx, err := v1.ParseIndexManifest(bytes.NewReader(raw))
-		if err != nil {
-			return fmt.Errorf("%s: decoding index %s: %w", l.name, d.Digest, err)
-		}
-		refs = idx.Manifests
-	default:
-		m, err := v1.ParseManifest(bytes.NewReader(raw))
-		if err != nil {
-			return fmt.Errorf("%s: decoding manifest %s: %w", l.name, d.Digest, err)
-		}
-		refs = append([]v1.Descriptor{m.Config}, m.Layers...)
+	refs, err := References(d, raw)
+	if err != nil {
+		return fmt.Errorf("%s: %w", l.name, err)
 	}
 	for _, r := range refs {
-		if manifest.IsForeign(r) {
-			continue
-		}
 		if !l.Has(r) {
 			return fmt.Errorf("%s: manifest %s references %s, which the layout does not hold; index.json left unchanged", l.name, d.Digest, r.Digest)
 		}
 	}
 	return nil
+}
+
+// References lists the blobs a manifest document needs: an index's
+// manifests, or an image's config and layers (foreign layers excepted).
+func References(d v1.Descriptor, raw []byte) ([]v1.Descriptor, error) {
+	var refs []v1.Descriptor
+	kind, _ := manifest.Classify(d.MediaType, raw)
+	if kind == manifest.KindIndex {
+		idx, err := v1.ParseIndexManifest(bytes.NewReader(raw))
+		if err != nil {
+			return nil, fmt.Errorf("decoding index %s: %w", d.Digest, err)
+		}
+		return idx.Manifests, nil
+	}
+	m, err := v1.ParseManifest(bytes.NewReader(raw))
+	if err != nil {
+		return nil, fmt.Errorf("decoding manifest %s: %w", d.Digest, err)
+	}
+	for _, r := range append([]v1.Descriptor{m.Config}, m.Layers...) {
+		if r.Digest.Hex != "" && !manifest.IsForeign(r) {
+			refs = append(refs, r)
+		}
+	}
+	return refs, nil
 }
 
 // SetTag points tag at d in index.json: the entries naming tag are
@@ -482,49 +491,54 @@ func (l *Layout) SetTag(tag string, d v1.Descriptor) error {
 	if err != nil {
 		return err
 	}
-	top := map[string]json.RawMessage{}
-	if raw != nil {
-		if err := json.Unmarshal(raw, &top); err != nil {
-			return fmt.Errorf("%s: decoding index.json: %w", l.name, err)
-		}
-	} else {
-		top["schemaVersion"] = json.RawMessage(`2`)
-		top["mediaType"] = json.RawMessage(`"` + types.OCIImageIndex + `"`)
-	}
-	// Keep each entry's raw JSON (unknown fields included) except the
-	// ones the tag named.
-	var entries []json.RawMessage
-	if m, ok := top["manifests"]; ok {
-		if err := json.Unmarshal(m, &entries); err != nil {
-			return fmt.Errorf("%s: decoding index.json: %w", l.name, err)
-		}
-	}
-	if len(entries) != len(idx.Manifests) {
-		return fmt.Errorf("%s: index.json is inconsistent", l.name)
-	}
-	var kept []json.RawMessage
-	for i, e := range idx.Manifests {
-		if e.Annotations[RefName] != tag {
-			kept = append(kept, entries[i])
-		}
-	}
-	d.Annotations = map[string]string{RefName: tag}
-	b, err := json.Marshal(d)
+	out, err := Retag(raw, idx, tag, d)
 	if err != nil {
-		return err
-	}
-	kept = append(kept, b)
-	if top["manifests"], err = json.Marshal(kept); err != nil {
-		return err
-	}
-	out, err := json.Marshal(top)
-	if err != nil {
-		return err
+		return fmt.Errorf("%s: %w", l.name, err)
 	}
 	if err := writeIndexFile(filepath.Join(l.dir, "index.json"), out); err != nil {
 		return fmt.Errorf("%s: writing index.json: %w", l.name, err)
 	}
 	return nil
+}
+
+// Retag returns index.json (raw, parsed as idx; raw nil for a new layout)
+// with tag pointing at d: the entries naming tag are dropped and d appended
+// with the tag annotation; every other entry and field is kept as it was.
+func Retag(raw []byte, idx *v1.IndexManifest, tag string, d v1.Descriptor) ([]byte, error) {
+	top := map[string]json.RawMessage{}
+	if raw != nil {
+		if err := json.Unmarshal(raw, &top); err != nil {
+			return nil, fmt.Errorf("decoding index.json: %w", err)
+		}
+	} else {
+		top["schemaVersion"] = json.RawMessage(`2`)
+		top["mediaType"] = json.RawMessage(`"` + types.OCIImageIndex + `"`)
+	}
+	var entries []json.RawMessage
+	if m, ok := top["manifests"]; ok {
+		if err := json.Unmarshal(m, &entries); err != nil {
+			return nil, fmt.Errorf("decoding index.json: %w", err)
+		}
+	}
+	if len(entries) != len(idx.Manifests) {
+		return nil, errors.New("index.json is inconsistent")
+	}
+	kept := []json.RawMessage{}
+	for i, e := range idx.Manifests {
+		if e.Annotations[RefName] != tag {
+			kept = append(kept, entries[i])
+		}
+	}
+	d = v1.Descriptor{MediaType: d.MediaType, Digest: d.Digest, Size: d.Size, Annotations: map[string]string{RefName: tag}}
+	b, err := json.Marshal(d)
+	if err != nil {
+		return nil, err
+	}
+	kept = append(kept, b)
+	if top["manifests"], err = json.Marshal(kept); err != nil {
+		return nil, err
+	}
+	return json.Marshal(top)
 }
 
 // writeIndexFile replaces index.json; a variable so that tests can inject a

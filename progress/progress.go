@@ -1,4 +1,6 @@
-package ocilayout
+// Package progress draws a one-line progress indication for blobs being
+// copied, for a terminal.
+package progress
 
 import (
 	"fmt"
@@ -8,9 +10,9 @@ import (
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 )
 
-// progress writes a one-line progress indication for a blob being copied,
+// reader writes a one-line progress indication for a blob being copied,
 // redrawn at most every 200ms and finished with a newline.
-type progress struct {
+type reader struct {
 	w     io.Writer
 	d     v1.Descriptor
 	r     io.Reader
@@ -19,13 +21,18 @@ type progress struct {
 	ended bool
 }
 
-func newProgress(w io.Writer, d v1.Descriptor, r io.Reader) *progress {
-	p := &progress{w: w, d: d, r: r}
+// Reader returns r, drawing the progress of reading blob d to w as it is
+// read; w nil returns r itself.
+func Reader(w io.Writer, d v1.Descriptor, r io.Reader) io.Reader {
+	if w == nil {
+		return r
+	}
+	p := &reader{w: w, d: d, r: r}
 	p.draw()
 	return p
 }
 
-func (p *progress) Read(b []byte) (int, error) {
+func (p *reader) Read(b []byte) (int, error) {
 	n, err := p.r.Read(b)
 	p.n += int64(n)
 	if err != nil || time.Since(p.last) > 200*time.Millisecond {
@@ -38,7 +45,7 @@ func (p *progress) Read(b []byte) (int, error) {
 	return n, err
 }
 
-func (p *progress) draw() {
+func (p *reader) draw() {
 	p.last = time.Now()
 	pct := 100
 	if p.d.Size > 0 {
