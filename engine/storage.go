@@ -92,6 +92,10 @@ func (l Location) ID() string {
 
 // String renders the location as a reference, e.g. "host/app:1".
 func (l Location) String() string {
+	if l.Digest == "" && l.Tag == "" {
+		// A local layout or archive's only image.
+		return l.Repo.Name()
+	}
 	if l.Digest != "" {
 		return l.Repo.Name() + "@" + l.Digest
 	}
