@@ -13,6 +13,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/image-rebase/image-rebase/engine"
+	"github.com/image-rebase/image-rebase/locate"
 	"github.com/image-rebase/image-rebase/platform"
 	"github.com/image-rebase/image-rebase/registry"
 )
@@ -62,10 +63,17 @@ never layer bytes.
 
 REGISTRY is host[:port] or http(s)://host[:port]; IMAGE, OLD, NEW and -t without
 a host are names in that registry. Without REGISTRY, give full references
-(host/repo:tag). OLD and NEW may be tags or digests.`,
+(host/repo:tag). OLD and NEW may be tags or digests.
+
+Any of IMAGE, OLD, NEW and -t may also name local storage, mixed freely with
+registries: oci:DIR[:TAG] (OCI image layout), oci-archive:FILE[:TAG] and
+docker-archive:FILE[:NAME:TAG] (docker save / docker load). Layers missing
+from a local target are copied there.`,
 		Example: `  image-rebase localhost:5000 app:1 --from-base base:1 --to-base base:2
   image-rebase registry.example.com/team/app:1 \
-      --from-base registry.example.com/base:1 --to-base registry.example.com/base:2 -t 1-rebased`,
+      --from-base registry.example.com/base:1 --to-base registry.example.com/base:2 -t 1-rebased
+  image-rebase oci:build/layout:app --from-base oci:build/layout:base-1 \
+      --to-base registry.example.com/base:2 -t registry.example.com/team/app:1 --allow-copy`,
 		Args: func(cmd *cobra.Command, args []string) error {
 			if err := cobra.RangeArgs(1, 2)(cmd, args); err != nil {
 				return usagef(err.Error() + "; usage: image-rebase [REGISTRY] IMAGE --from-base OLD --to-base NEW")
@@ -152,7 +160,9 @@ func runRebase(ctx context.Context, f *rebaseFlags, args []string, stdout, stder
 		opts.Log = stderr
 	}
 	client := registry.New(opts)
-	req, err := buildRequest(client, defaultReg, args[0], f)
+	refs := &locate.Resolver{Registry: client, DefaultRegistry: defaultReg, Progress: terminal(stderr)}
+	defer refs.Close()
+	req, err := buildRequest(refs, args[0], f)
 	if err != nil {
 		return err
 	}
@@ -165,11 +175,11 @@ func runRebase(ctx context.Context, f *rebaseFlags, args []string, stdout, stder
 
 // buildRequest parses every reference before any request is made, so that a
 // malformed one fails without touching a registry.
-func buildRequest(client *registry.Client, defaultReg, image string, f *rebaseFlags) (engine.Request, error) {
+func buildRequest(refs *locate.Resolver, image string, f *rebaseFlags) (engine.Request, error) {
 	var req engine.Request
 	var err error
 	parse := func(what, ref string, write bool) (engine.Location, error) {
-		loc, err := client.Parse(ref, defaultReg, write)
+		loc, err := refs.Parse(ref, write)
 		if err != nil {
 			return loc, usagef(fmt.Sprintf("%s: %v", what, err))
 		}
@@ -187,7 +197,7 @@ func buildRequest(client *registry.Client, defaultReg, image string, f *rebaseFl
 	req.Target = req.Image
 	if f.tag != "" {
 		if isBareTag(f.tag) {
-			req.Target, err = parse("--tag", req.Image.Repo.Name()+":"+f.tag, !f.dryRun)
+			req.Target, err = parse("--tag", locate.WithTag(req.Image, f.tag), !f.dryRun)
 		} else {
 			req.Target, err = parse("--tag", f.tag, !f.dryRun)
 		}
@@ -197,6 +207,7 @@ func buildRequest(client *registry.Client, defaultReg, image string, f *rebaseFl
 		if req.Target.Tag == "" {
 			return req, usagef("--tag must name a tag, not a digest")
 		}
+
 	}
 	req.DryRun, req.Force, req.AllowCopy = f.dryRun, f.force, f.allowCopy
 	req.KeepOtherPlatforms, req.KeepAttestations = f.keepOtherPlatforms, f.keepAttestations
@@ -208,6 +219,19 @@ func buildRequest(client *registry.Client, defaultReg, image string, f *rebaseFl
 		req.Platforms = append(req.Platforms, p)
 	}
 	return req, nil
+}
+
+// terminal returns w when it is a terminal (for progress lines), else nil.
+func terminal(w io.Writer) io.Writer {
+	f, ok := w.(*os.File)
+	if !ok {
+		return nil
+	}
+	fi, err := f.Stat()
+	if err != nil || fi.Mode()&os.ModeCharDevice == 0 {
+		return nil
+	}
+	return w
 }
 
 // isBareTag tells a tag ("1.2-rebased") from a reference ("app:1", "host/app").
