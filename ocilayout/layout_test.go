@@ -13,6 +13,7 @@ import (
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/empty"
 	"github.com/google/go-containerregistry/pkg/v1/layout"
+	"github.com/google/go-containerregistry/pkg/v1/mutate"
 
 	"github.com/image-rebase/image-rebase/engine"
 	"github.com/image-rebase/image-rebase/internal/regtest"
@@ -393,5 +394,75 @@ func TestManifestLookup(t *testing.T) {
 	}
 	if _, ok, err := New(filepath.Join(dir, "missing"), Options{}).Resolve(ctx, "x"); ok || err != nil {
 		t.Errorf("missing layout: %v %v", ok, err)
+	}
+}
+
+func TestRebaseIndexFromRegistryIntoLayout(t *testing.T) {
+	reg := regtest.Start(t)
+	mk := func(parent v1.Image, arch, v string) v1.Image {
+		img, err := testimage.Build(parent, testimage.Platform{OS: "linux", Arch: arch},
+			testimage.Copy("COPY", map[string]string{"f": arch + v}))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return img
+	}
+	index := func(imgs ...v1.Image) v1.ImageIndex {
+		var adds []mutate.IndexAddendum
+		for _, img := range imgs {
+			cf, _ := img.ConfigFile()
+			adds = append(adds, mutate.IndexAddendum{Add: img, Descriptor: v1.Descriptor{Platform: &v1.Platform{OS: cf.OS, Architecture: cf.Architecture}}})
+		}
+		return mutate.AppendManifests(empty.Index, adds...)
+	}
+	b1a, b1b, b2a, b2b := mk(nil, "amd64", "1"), mk(nil, "arm64", "1"), mk(nil, "amd64", "2"), mk(nil, "arm64", "2")
+	reg.PushIndex(t, "base:1", index(b1a, b1b))
+	reg.PushIndex(t, "base:2", index(b2a, b2b))
+	reg.PushIndex(t, "app:1", index(mk(b1a, "amd64", "app"), mk(b1b, "arm64", "app")))
+	c := registry.New(registry.Options{Insecure: []string{reg.Host}})
+	parse := func(s string) engine.Location {
+		loc, err := c.Parse(s, reg.Host, false)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return loc
+	}
+	dir := t.TempDir()
+	l := New(dir, Options{})
+	res, err := engine.Rebase(context.Background(), engine.Request{Image: parse("app:1"), From: parse("base:1"), To: parse("base:2"),
+		Target: engine.Location{Repo: l, Tag: "app"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Every layer of both platforms is copied: the layout held nothing.
+	if len(res.Platforms) != 2 || res.Transferred.Copied != 4 {
+		t.Errorf("platforms %d, transferred %+v", len(res.Platforms), res.Transferred)
+	}
+	ii, err := layout.ImageIndexFromPath(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	top, _ := ii.IndexManifest()
+	if len(top.Manifests) != 1 || top.Manifests[0].Digest != res.After {
+		t.Fatalf("index.json %+v", top.Manifests)
+	}
+	child, err := ii.ImageIndex(res.After)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cm, _ := child.IndexManifest()
+	for _, d := range cm.Manifests {
+		img, err := child.Image(d.Digest)
+		if err != nil {
+			t.Fatal(err)
+		}
+		layers, _ := img.Layers()
+		for _, ly := range layers {
+			rc, err := ly.Compressed()
+			if err != nil {
+				t.Fatalf("%s: %v", d.Platform, err)
+			}
+			rc.Close()
+		}
 	}
 }
