@@ -29,8 +29,8 @@ func unpackLocal(t *testing.T, src string) string {
 	return filepath.Join(dir, "bundle", "rootfs")
 }
 
-// checkRebased checks a root filesystem: new base, app kept.
-func checkRebased(t *testing.T, root string) {
+// checkRootfs checks a root filesystem: new base, app kept.
+func checkRootfs(t *testing.T, root string) {
 	t.Helper()
 	if got := readFile(t, filepath.Join(root, "etc/os-release")); got != "VERSION_ID=2\n" {
 		t.Errorf("/etc/os-release = %q, want the new base's", got)
@@ -49,7 +49,7 @@ type offlineResult struct {
 	Transferred           struct{ Mounted, Copied, CopiedBytes int }
 }
 
-func rebaseJSON(t *testing.T, env []string, args ...string) offlineResult {
+func rebaseLocal(t *testing.T, env []string, args ...string) offlineResult {
 	t.Helper()
 	code, out, stderr := rebase(t, env, append(args, "-o", "json")...)
 	if code != 0 {
@@ -91,12 +91,12 @@ func TestOffline(t *testing.T) {
 		r.export(t, "app:1", "docker-archive:"+app+":app:1")
 		r.export(t, "base:1", "docker-archive:"+b1+":base:1")
 		r.export(t, "base:2", "docker-archive:"+b2+":base:2")
-		res := rebaseJSON(t, env, "docker-archive:"+app+":app:1",
+		res := rebaseLocal(t, env, "docker-archive:"+app+":app:1",
 			"--from-base", "docker-archive:"+b1+":base:1", "--to-base", "docker-archive:"+b2+":base:2")
 		if res.Transferred.Copied == 0 || res.Transferred.CopiedBytes == 0 {
 			t.Errorf("transferred %+v, want base 2's layers copied into the archive", res.Transferred)
 		}
-		checkRebased(t, unpackLocal(t, "docker-archive:"+app+":app:1"))
+		checkRootfs(t, unpackLocal(t, "docker-archive:"+app+":app:1"))
 		// The docker load format: plain <diff_id>.tar layers, the config,
 		// manifest.json last.
 		names := strings.Fields(run(t, "tar", "-tf", app))
@@ -120,7 +120,7 @@ func TestOffline(t *testing.T) {
 			}
 		}
 		run(t, "skopeo", "copy", "--dest-cert-dir", r.CertDir, "--dest-creds", r.creds(), "docker-archive:"+app+":app:1", "docker://"+r.Host+"/loaded:1")
-		checkRebased(t, r.unpack(t, "loaded:1"))
+		checkRootfs(t, r.unpack(t, "loaded:1"))
 
 		// Again: up to date, the archive untouched.
 		before := readFile(t, app)
@@ -137,12 +137,12 @@ func TestOffline(t *testing.T) {
 		for _, tag := range []string{"app:1", "base:1", "base:2"} {
 			r.export(t, tag, "oci:"+dir+":"+strings.ReplaceAll(tag, ":", "-"))
 		}
-		res := rebaseJSON(t, env, "oci:"+dir+":app-1", "--from-base", "oci:"+dir+":base-1", "--to-base", "oci:"+dir+":base-2")
+		res := rebaseLocal(t, env, "oci:"+dir+":app-1", "--from-base", "oci:"+dir+":base-1", "--to-base", "oci:"+dir+":base-2")
 		if res.Transferred.Copied != 0 {
 			t.Errorf("transferred %+v within one layout", res.Transferred)
 		}
 		run(t, "umoci", "unpack", "--rootless", "--image", dir+":app-1", filepath.Join(t.TempDir(), "bundle"))
-		checkRebased(t, unpackLocal(t, "oci:"+dir+":app-1"))
+		checkRootfs(t, unpackLocal(t, "oci:"+dir+":app-1"))
 	})
 
 	// App in a layout, bases in the registry: result into the layout (new
@@ -153,36 +153,36 @@ func TestOffline(t *testing.T) {
 		r.export(t, "app:1", "oci:"+dir+":app")
 		base1, base2 := r.Host+"/base:1", r.Host+"/base:2"
 
-		res := rebaseJSON(t, env, "oci:"+dir+":app", "--from-base", base1, "--to-base", base2, "-t", "rebased")
+		res := rebaseLocal(t, env, "oci:"+dir+":app", "--from-base", base1, "--to-base", base2, "-t", "rebased")
 		if res.Transferred.Copied == 0 {
 			t.Errorf("transferred %+v, want base 2's layers copied", res.Transferred)
 		}
-		checkRebased(t, unpackLocal(t, "oci:"+dir+":rebased"))
+		checkRootfs(t, unpackLocal(t, "oci:"+dir+":rebased"))
 
 		code, _, stderr := rebase(t, env, "oci:"+dir+":app", "--from-base", base1, "--to-base", base2, "-t", r.Host+"/fromlayout:1")
 		if code == 0 || !strings.Contains(stderr, "--allow-copy") {
 			t.Errorf("to a registry without --allow-copy: exit %d, %s", code, stderr)
 		}
-		rebaseJSON(t, env, "oci:"+dir+":app", "--from-base", base1, "--to-base", base2, "-t", r.Host+"/fromlayout:1", "--allow-copy")
-		checkRebased(t, r.unpack(t, "fromlayout:1"))
+		rebaseLocal(t, env, "oci:"+dir+":app", "--from-base", base1, "--to-base", base2, "-t", r.Host+"/fromlayout:1", "--allow-copy")
+		checkRootfs(t, r.unpack(t, "fromlayout:1"))
 		parseManifest(t, r.inspect(t, "fromlayout:1"))
 
 		archive := filepath.Join(t.TempDir(), "out.tar")
-		rebaseJSON(t, env, "oci:"+dir+":app", "--from-base", base1, "--to-base", base2, "-t", "oci-archive:"+archive+":app")
-		checkRebased(t, unpackLocal(t, "oci-archive:"+archive+":app"))
+		rebaseLocal(t, env, "oci:"+dir+":app", "--from-base", base1, "--to-base", base2, "-t", "oci-archive:"+archive+":app")
+		checkRootfs(t, unpackLocal(t, "oci-archive:"+archive+":app"))
 
 		// The registry app rebased into a docker-archive, then loaded back.
 		saved := filepath.Join(t.TempDir(), "saved.tar")
-		rebaseJSON(t, env, r.Host+"/app:1", "--from-base", base1, "--to-base", base2, "-t", "docker-archive:"+saved+":app:2")
-		checkRebased(t, unpackLocal(t, "docker-archive:"+saved+":app:2"))
+		rebaseLocal(t, env, r.Host+"/app:1", "--from-base", base1, "--to-base", base2, "-t", "docker-archive:"+saved+":app:2")
+		checkRootfs(t, unpackLocal(t, "docker-archive:"+saved+":app:2"))
 	})
 
 	// An oci-archive from skopeo, rebased in place onto a registry base.
 	t.Run("oci-archive", func(t *testing.T) {
 		file := filepath.Join(t.TempDir(), "app.tar")
 		r.export(t, "app:1", "oci-archive:"+file+":app")
-		rebaseJSON(t, env, "oci-archive:"+file+":app", "--from-base", r.Host+"/base:1", "--to-base", r.Host+"/base:2")
-		checkRebased(t, unpackLocal(t, "oci-archive:"+file+":app"))
+		rebaseLocal(t, env, "oci-archive:"+file+":app", "--from-base", r.Host+"/base:1", "--to-base", r.Host+"/base:2")
+		checkRootfs(t, unpackLocal(t, "oci-archive:"+file+":app"))
 		leftovers, _ := filepath.Glob(filepath.Join(filepath.Dir(file), ".*"))
 		if len(leftovers) > 0 {
 			t.Errorf("left behind: %v", leftovers)
