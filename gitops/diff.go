@@ -32,7 +32,7 @@ func Diff(path string, before, after []byte) (string, error) {
 	for k := 0; k < len(changed); {
 		// A hunk covers changes whose contexts touch.
 		first, last := changed[k], changed[k]
-		for k++; k < len(changed) && changed[k]-last <= 2*diffContext; k++ {
+		for k++; k < len(changed) && changed[k]-last-1 <= 2*diffContext; k++ {
 			last = changed[k]
 		}
 		from, to := max(0, first-diffContext), min(len(a), last+diffContext+1)
