@@ -132,6 +132,9 @@ func fileError(file string, problems []Problem) error {
 var (
 	tagRE    = regexp.MustCompile(`^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$`)
 	digestRE = regexp.MustCompile(`^[a-z0-9]+(?:[.+_-][a-z0-9]+)*:[a-zA-Z0-9=_-]{32,}$`)
+	// repoRE is the name grammar of the distribution reference: an
+	// optional host[:port] (or [IPv6]:port), then path components.
+	repoRE = regexp.MustCompile(`^(?:(?:[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?(?:\.[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?)*|\[[a-fA-F0-9:]+\])(?::[0-9]+)?/)?[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*$`)
 )
 
 // HasMarkers tells cheaply whether data may hold markers; files without
@@ -624,6 +627,9 @@ func (im *Image) check() *Problem {
 	}
 	if im.Name != nil {
 		line = im.Name.Line
+	}
+	if !repoRE.MatchString(im.Repository) {
+		return bad(line, "image %q: invalid repository %q", im.ID, im.Repository)
 	}
 	if _, err := name.NewRepository(im.Repository); err != nil {
 		return bad(line, "image %q: invalid repository %q: %v", im.ID, im.Repository, err)
