@@ -5,13 +5,19 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"fmt"
+	"io"
 	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"testing"
 
+	"github.com/google/go-containerregistry/pkg/name"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/remote"
+	"github.com/google/go-containerregistry/pkg/v1/static"
 	"github.com/google/go-containerregistry/pkg/v1/types"
 
 	"github.com/image-rebase/image-rebase/cli"
@@ -26,9 +32,18 @@ const schema1 = `{"schemaVersion":1,"name":"legacy","tag":"1","architecture":"am
 func startRegistry(t *testing.T, opts ...regtest.Option) *regtest.Registry {
 	return regtest.Start(t, append(opts, regtest.WithHandler(func(h http.Handler) http.Handler {
 		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-			if r.URL.Path == "/v2/legacy/manifests/1" {
+			switch r.URL.Path {
+			case "/v2/legacy/manifests/1":
 				w.Header().Set("Content-Type", string(types.DockerManifestSchema1Signed))
 				w.Write([]byte(schema1))
+				return
+			case "/v2/huge/manifests/1":
+				w.Header().Set("Content-Type", string(types.OCIManifestSchema1))
+				w.Write([]byte(`{"schemaVersion":2,"padding":"` + strings.Repeat("x", 5<<20) + `"}`))
+				return
+			case "/v2/corrupt/manifests/1":
+				w.Header().Set("Content-Type", string(types.OCIManifestSchema1))
+				w.Write([]byte(`{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{"mediaType":`))
 				return
 			}
 			h.ServeHTTP(w, r)
@@ -46,6 +61,40 @@ func image(t *testing.T, parent v1.Image, arch, env string, files map[string]str
 }
 
 // fixture pushes base:1, base:2, app:1 (on base:1) and more.
+// pushOdd pushes, for real, documents that are not rebaseable images: an
+// artifact (a Helm chart) and an image whose config is not JSON.
+func pushOdd(t *testing.T, reg *regtest.Registry) {
+	t.Helper()
+	l, err := testimage.Layer(map[string]string{"f": "x"}, types.OCILayer)
+	if err != nil {
+		t.Fatal(err)
+	}
+	repo, _ := name.NewRepository(reg.Ref("odd"))
+	put := func(tag string, cfgMT types.MediaType, cfg []byte) {
+		cl := static.NewLayer(cfg, cfgMT)
+		for _, b := range []v1.Layer{l, cl} {
+			if err := remote.WriteLayer(repo, b, remote.WithAuth(reg.Auth)); err != nil {
+				t.Fatal(err)
+			}
+		}
+		cd, _ := cl.Digest()
+		ld, _ := l.Digest()
+		ls, _ := l.Size()
+		m := fmt.Sprintf(`{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{"mediaType":%q,"size":%d,"digest":%q},"layers":[{"mediaType":"application/vnd.oci.image.layer.v1.tar+gzip","size":%d,"digest":%q}]}`,
+			cfgMT, len(cfg), cd, ls, ld)
+		if err := remote.Put(repo.Tag(tag), rawManifest(m), remote.WithAuth(reg.Auth)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	put("chart", "application/vnd.cncf.helm.config.v1+json", []byte(`{"name":"chart"}`))
+	put("badconfig", types.OCIConfigJSON, []byte(`{"architecture":"amd64","os":`))
+}
+
+type rawManifest string
+
+func (r rawManifest) RawManifest() ([]byte, error)        { return []byte(r), nil }
+func (r rawManifest) MediaType() (types.MediaType, error) { return types.OCIManifestSchema1, nil }
+
 func fixture(t *testing.T, reg *regtest.Registry) {
 	b1 := image(t, nil, "amd64", "V=1", map[string]string{"os": "one"})
 	reg.Push(t, "base:1", b1)
@@ -115,6 +164,7 @@ func TestTagWritesElsewhereAndDryRunWritesNothing(t *testing.T) {
 func TestBadInputsFailInOneLineAndWriteNothing(t *testing.T) {
 	reg := startRegistry(t)
 	fixture(t, reg)
+	pushOdd(t, reg)
 	h := "http://" + reg.Host
 	tests := []struct {
 		name string
@@ -124,7 +174,7 @@ func TestBadInputsFailInOneLineAndWriteNothing(t *testing.T) {
 	}{
 		{"malformed reference", []string{h, "app:1", "--from-base", "Base::1", "--to-base", "base:2"}, 2, "--from-base: invalid reference"},
 		{"malformed registry", []string{"http://", "app:1", "--from-base", "base:1", "--to-base", "base:2"}, 2, "invalid registry"},
-		{"missing flag", []string{h, "app:1", "--to-base", "base:2"}, 2, "--from-base and --to-base are required"},
+		{"missing flag", []string{h, "app:1", "--from-base", "base:1"}, 2, "--from-base needs --to-base"},
 		{"unknown flag", []string{h, "app:1", "--frm-base", "base:1"}, 2, "unknown flag"},
 		{"unknown repository", []string{h, "nope:1", "--from-base", "base:1", "--to-base", "base:2"}, 3, "nope:1"},
 		{"unknown tag", []string{h, "app:9", "--from-base", "base:1", "--to-base", "base:2"}, 3, "app:9"},
@@ -132,6 +182,11 @@ func TestBadInputsFailInOneLineAndWriteNothing(t *testing.T) {
 		{"old base not a prefix", []string{h, "app:1", "--from-base", "other:1", "--to-base", "base:2"}, 4, "is not built on " + reg.Host + "/other:1: layer 1 differs"},
 		{"platform mismatch", []string{h, "app:1", "--from-base", "base:1", "--to-base", "base:arm"}, 4, "platform mismatch"},
 		{"schema 1", []string{h, "legacy:1", "--from-base", "base:1", "--to-base", "base:2"}, 4, "schema 1"},
+		{"huge manifest", []string{h, "huge:1", "--from-base", "base:1", "--to-base", "base:2"}, 4, "limit"},
+		{"corrupt manifest", []string{h, "corrupt:1", "--from-base", "base:1", "--to-base", "base:2"}, 4, "unsupported manifest"},
+		{"artifact", []string{h, "odd:chart", "--from-base", "base:1", "--to-base", "base:2"}, 4, "not a container image"},
+		{"corrupt config", []string{h, "odd:badconfig", "--from-base", "base:1", "--to-base", "base:2"}, 4, "decoding config"},
+		{"base is an artifact", []string{h, "app:1", "--from-base", "base:1", "--to-base", "odd:chart"}, 4, "not a container image"},
 		{"target exists", []string{h, "app:1", "--from-base", "base:1", "--to-base", "base:2", "-t", "taken"}, 4, "already exists"},
 		{"bad output", []string{h, "app:1", "--from-base", "base:1", "--to-base", "base:2", "-o", "yaml"}, 2, "--output"},
 		{"bad platform", []string{h, "app:1", "--from-base", "base:1", "--to-base", "base:2", "--platform", "linux"}, 2, "--platform"},
@@ -233,5 +288,76 @@ func TestLayersAreNeverCopiedUnlessAllowed(t *testing.T) {
 	d, _ := l[0].Digest()
 	if !apps.BlobExists(t, "app", d) {
 		t.Fatalf("copied layer %s is not in the target repository", d)
+	}
+}
+
+func TestBackupTagKeepsThePreviousImage(t *testing.T) {
+	reg := startRegistry(t)
+	fixture(t, reg)
+	before := reg.Snapshot(t)
+	code, out, stderr := run(t, "http://"+reg.Host, "app:1", "--from-base", "base:1", "--to-base", "base:2", "--backup-tag", "{tag}-prev")
+	if code != 0 {
+		t.Fatalf("exit %d: %s", code, stderr)
+	}
+	after := reg.Snapshot(t)
+	if after["app:1-prev"] != before["app:1"] || after["app:1"] == before["app:1"] {
+		t.Fatalf("app:1-prev = %s, want the previous app:1 %s; app:1 = %s", after["app:1-prev"], before["app:1"], after["app:1"])
+	}
+	if !strings.Contains(out, "before  "+before["app:1"]) || !strings.Contains(out, "backup  "+reg.Host+"/app:1-prev") {
+		t.Errorf("output does not name the replaced digest:\n%s", out)
+	}
+	code, _, stderr = run(t, "http://"+reg.Host, "app:1", "--from-base", "base:1", "--to-base", "base:2", "--backup-tag", "bad/{tag}")
+	if code != 2 || !strings.Contains(stderr, "--backup-tag") {
+		t.Fatalf("bad template: exit %d, %q", code, stderr)
+	}
+}
+
+// TestAuthorizationNotSentOnRedirect: registries redirect blob reads to
+// storage on another host; the credentials must stay with the registry.
+func TestAuthorizationNotSentOnRedirect(t *testing.T) {
+	const user, pass = "bob", "hunter2-secret"
+	var reg *regtest.Registry
+	var leaked, served atomic.Int32
+	storage := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Header.Get("Authorization") != "" {
+			leaked.Add(1)
+		}
+		served.Add(1)
+		// Serve the blob from the registry itself, as object storage would.
+		req, _ := http.NewRequest(http.MethodGet, "http://"+reg.Host+r.URL.Path, nil)
+		req.SetBasicAuth(user, pass)
+		req.Header.Set("X-Direct", "1")
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Error(err)
+			return
+		}
+		defer resp.Body.Close()
+		w.WriteHeader(resp.StatusCode)
+		io.Copy(w, resp.Body)
+	}))
+	defer storage.Close()
+	reg = regtest.Start(t, regtest.WithBasicAuth(user, pass), regtest.WithHandler(func(h http.Handler) http.Handler {
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if r.Method == http.MethodGet && strings.Contains(r.URL.Path, "/blobs/sha256:") && r.Header.Get("X-Direct") == "" {
+				http.Redirect(w, r, storage.URL+r.URL.Path, http.StatusTemporaryRedirect)
+				return
+			}
+			h.ServeHTTP(w, r)
+		})
+	}))
+	fixture(t, reg)
+	dir := t.TempDir()
+	os.WriteFile(filepath.Join(dir, "config.json"), []byte(fmt.Sprintf(`{"auths":{%q:{"auth":%q}}}`, reg.Host, b64(user+":"+pass))), 0o600)
+	t.Setenv("DOCKER_CONFIG", dir)
+	code, _, stderr := run(t, "http://"+reg.Host, "app:1", "--from-base", "base:1", "--to-base", "base:2")
+	if code != 0 {
+		t.Fatalf("exit %d: %s", code, stderr)
+	}
+	if served.Load() == 0 {
+		t.Fatal("no blob read went through the redirect")
+	}
+	if leaked.Load() != 0 {
+		t.Fatalf("%d redirected requests carried an Authorization header", leaked.Load())
 	}
 }

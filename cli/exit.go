@@ -24,10 +24,19 @@ const (
 	// an image, tag or repository does not exist.
 	ExitRegistry = 3
 	// ExitRefused: the images were read but the rebase cannot be done as
-	// asked (not on the old base, platform mismatch, unsupported manifest,
-	// existing target without --force, a blob that cannot be mounted).
+	// asked (not on the old base, platform mismatch, unsupported, corrupt or
+	// oversized document, existing target without --force, a blob that
+	// cannot be mounted).
 	ExitRefused = 4
+	// ExitWouldRebase: --check found that a rebase is due (nothing was
+	// written). Distinct from the failure codes, so that CI can tell
+	// "rebase needed" from "could not check".
+	ExitWouldRebase = 10
 )
+
+// errWouldRebase ends a --check run that found a rebase due: exit code
+// ExitWouldRebase, and no error line.
+var errWouldRebase = errors.New("a rebase is due")
 
 // usageError marks errors in the command line itself.
 type usageError struct{ msg string }
@@ -42,6 +51,7 @@ func exitCode(err error) int {
 		ue *usageError
 		re *rebase.RefusedError
 		me *manifest.UnsupportedError
+		ie *manifest.InvalidError
 		te *engine.TargetExistsError
 		mr *registry.MountRefusedError
 		ae *registry.AccessError
@@ -49,9 +59,11 @@ func exitCode(err error) int {
 	switch {
 	case err == nil:
 		return ExitOK
+	case errors.Is(err, errWouldRebase):
+		return ExitWouldRebase
 	case errors.As(err, &ue):
 		return ExitUsage
-	case errors.As(err, &re), errors.As(err, &me), errors.As(err, &te), errors.As(err, &mr):
+	case errors.As(err, &re), errors.As(err, &me), errors.As(err, &ie), errors.As(err, &te), errors.As(err, &mr):
 		return ExitRefused
 	case errors.As(err, &ae):
 		return ExitRegistry

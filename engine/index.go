@@ -113,11 +113,15 @@ func rebaseIndex(ctx context.Context, req Request, target WritableRepo, img, fro
 	}
 	res.Warnings = append(res.Warnings, warnings...)
 	res.After = desc.Digest
+	if req.Strict && len(res.Warnings) > 0 {
+		res.Action = Refused
+		return res, strictRefusal(res.Warnings)
+	}
 	if req.DryRun {
 		res.Action = WouldRebase
 		return res, nil
 	}
-	if err := writeIndex(ctx, req, target, work, desc, raw, res); err != nil {
+	if err := writeIndex(ctx, req, target, img, work, desc, raw, res); err != nil {
 		return nil, err
 	}
 	for i := range res.Platforms {
@@ -214,7 +218,7 @@ func orUnknown(s string) string {
 // writeIndex writes blobs and configs, then the platform manifests by
 // digest, then the index under the target tag: a failure at any point
 // leaves the tag as it was.
-func writeIndex(ctx context.Context, req Request, target WritableRepo, work []*platformWork, desc v1.Descriptor, raw []byte, res *Result) error {
+func writeIndex(ctx context.Context, req Request, target WritableRepo, img *doc, work []*platformWork, desc v1.Descriptor, raw []byte, res *Result) error {
 	var changed []*rebase.Plan
 	for _, w := range work {
 		if !w.plan.UpToDate {
@@ -273,6 +277,13 @@ func writeIndex(ctx context.Context, req Request, target WritableRepo, work []*p
 	if inPlace && !req.Force {
 		wg.Go(func() { current = resolveTarget(ctx, target, req.Target.Tag) })
 	}
+	if req.BackupTag != "" {
+		wg.Go(func() {
+			if err := backup(ctx, req, img.desc, img.raw); err != nil {
+				fail(err)
+			}
+		})
+	}
 	wg.Wait()
 	if err := errors.Join(append(errs, current.err)...); err != nil {
 		return fmt.Errorf("nothing written to %s: %w", req.Target, err)
@@ -297,6 +308,9 @@ func writeIndex(ctx context.Context, req Request, target WritableRepo, work []*p
 	if inPlace {
 		d := res.Before
 		res.Replaced = &d
+	}
+	if req.BackupTag != "" {
+		res.Backup = req.Image.Repo.Name() + ":" + req.BackupTag
 	}
 	return nil
 }

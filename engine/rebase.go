@@ -4,10 +4,12 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"sync"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 
+	"github.com/image-rebase/image-rebase/basedetect"
 	"github.com/image-rebase/image-rebase/manifest"
 	"github.com/image-rebase/image-rebase/platform"
 	"github.com/image-rebase/image-rebase/rebase"
@@ -17,15 +19,23 @@ import (
 type Request struct {
 	// Image is the application image.
 	Image Location
-	// From is the old base.
+	// From is the old base. Leave it unset (nil Repo) to find the old base
+	// from what the image records, as Detect says.
 	From Location
-	// To is the new base.
+	// Detect configures base detection, used when From is unset.
+	Detect Detect
+	// To is the new base. When From is unset it may be unset too: the
+	// base the image names is then resolved now and becomes the new base.
 	To Location
 	// Target is where the result is written; its Repo must be a
 	// WritableRepo unless DryRun is set. Usually Image itself.
 	Target Location
 	// DryRun computes the plan and writes nothing.
 	DryRun bool
+	// Strict refuses a rebase whose plan has any warning: nothing is
+	// written, and the Result (Action Refused) comes with a
+	// *rebase.RefusedError.
+	Strict bool
 	// Force overwrites a target tag that names another image, and skips the
 	// lost-update check.
 	Force bool
@@ -39,6 +49,9 @@ type Request struct {
 	// KeepAttestations keeps an index's attestation manifests (which
 	// describe the old images); by default they are dropped with a warning.
 	KeepAttestations bool
+	// BackupTag, when set, tags the image as it was read before the target
+	// tag moves, so that a registry garbage collection cannot take it.
+	BackupTag string
 }
 
 // Action says what a rebase did.
@@ -52,6 +65,8 @@ const (
 	UpToDate Action = "up-to-date"
 	// WouldRebase: a dry run found that a rebase is needed.
 	WouldRebase Action = "would-rebase"
+	// Refused: Strict was set and the plan has warnings; nothing written.
+	Refused Action = "refused"
 )
 
 // Result is the outcome of a rebase.
@@ -66,7 +81,9 @@ type Result struct {
 	After  v1.Hash `json:"after"`
 	// Replaced is the digest the target tag named before it was moved, if
 	// it existed.
-	Replaced    *v1.Hash         `json:"replaced,omitempty"`
+	Replaced *v1.Hash `json:"replaced,omitempty"`
+	// Backup names the tag that keeps the replaced image, if any.
+	Backup      string           `json:"backup,omitempty"`
 	OldBase     rebase.BaseRef   `json:"oldBase"`
 	NewBase     rebase.BaseRef   `json:"newBase"`
 	Transferred Transferred      `json:"transferred"`
@@ -75,6 +92,8 @@ type Result struct {
 	Plan *rebase.Plan `json:"plan,omitempty"`
 	// Platforms holds one result per platform of an index.
 	Platforms []PlatformResult `json:"platforms,omitempty"`
+	// Detection says how the old base was found, when it was not given.
+	Detection *basedetect.Decision `json:"detection,omitempty"`
 }
 
 // PlatformResult is the outcome for one platform of an index.
@@ -114,7 +133,9 @@ func Rebase(ctx context.Context, req Request) (*Result, error) {
 	var existing targetState
 	var wg sync.WaitGroup
 	for i, loc := range locs {
-		wg.Go(func() { docs[i], errs[i] = fetchDoc(ctx, loc) })
+		if loc.Repo != nil {
+			wg.Go(func() { docs[i], errs[i] = fetchDoc(ctx, loc) })
+		}
 	}
 	if target != nil && req.Target.String() != req.Image.String() {
 		wg.Go(func() { existing = resolveTarget(ctx, target, req.Target.Tag) })
@@ -130,7 +151,9 @@ func Rebase(ctx context.Context, req Request) (*Result, error) {
 		return nil, &TargetExistsError{Target: req.Target.String(), Digest: existing.digest}
 	}
 	var res *Result
-	if docs[0].kind == manifest.KindIndex {
+	if req.From.Repo == nil {
+		res, err = rebaseDetected(ctx, req, target, docs[0], docs[2])
+	} else if docs[0].kind == manifest.KindIndex {
 		res, err = rebaseIndex(ctx, req, target, docs[0], docs[1], docs[2])
 	} else {
 		res, err = rebaseImage(ctx, req, target, docs[0], docs[1], docs[2])
@@ -273,6 +296,9 @@ func Apply(ctx context.Context, req Request, plan *rebase.Plan, session BlobUplo
 	case plan.UpToDate:
 		res.Action, res.After = UpToDate, plan.ImageDigest
 		return res, nil
+	case req.Strict && len(plan.Warnings) > 0:
+		res.Action = Refused
+		return res, strictRefusal(res.Warnings)
 	case req.DryRun:
 		res.Action = WouldRebase
 		return res, nil
@@ -302,7 +328,12 @@ func Apply(ctx context.Context, req Request, plan *rebase.Plan, session BlobUplo
 	if inPlace && !req.Force {
 		wg.Go(func() { current = resolveTarget(ctx, target, req.Target.Tag) })
 	}
+	var backupErr error
+	if req.BackupTag != "" {
+		wg.Go(func() { backupErr = backup(ctx, req, plan.ImageDescriptor, plan.ImageManifest) })
+	}
 	wg.Wait()
+	errs = append(errs, backupErr)
 	for _, r := range reports {
 		res.Transferred = res.Transferred.Add(r)
 	}
@@ -319,13 +350,38 @@ func Apply(ctx context.Context, req Request, plan *rebase.Plan, session BlobUplo
 		d := plan.ImageDigest
 		res.Replaced = &d
 	}
+	if req.BackupTag != "" {
+		res.Backup = req.Image.Repo.Name() + ":" + req.BackupTag
+	}
 	res.Action = Rebased
 	return res, nil
+}
+
+// strictRefusal is the error of a Strict rebase that has warnings.
+func strictRefusal(ws []rebase.Warning) error {
+	var parts []string
+	for _, w := range ws {
+		parts = append(parts, w.Code+": "+w.Message)
+	}
+	return &rebase.RefusedError{Reason: fmt.Sprintf("--strict: %d warning(s), nothing written: %s", len(ws), strings.Join(parts, "; "))}
 }
 
 type blobGroup struct {
 	src   Repo
 	blobs []v1.Descriptor
+}
+
+// backup tags the image as read in the image's repository, by writing its
+// manifest again under req.BackupTag (its blobs are already there).
+func backup(ctx context.Context, req Request, d v1.Descriptor, raw []byte) error {
+	repo, ok := req.Image.Repo.(WritableRepo)
+	if !ok {
+		return fmt.Errorf("%s cannot be written to for the backup tag", req.Image.Repo.Name())
+	}
+	if err := repo.PutManifest(ctx, req.BackupTag, d, raw); err != nil {
+		return fmt.Errorf("writing backup tag %s: %w", req.BackupTag, err)
+	}
+	return nil
 }
 
 // missingBlobs lists the result's layers that the target repository may

@@ -6,9 +6,14 @@ package engine
 
 import (
 	"context"
+	"errors"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 )
+
+// ErrNotFound is matched (errors.Is) by the errors of Repo.Manifest when
+// the manifest does not exist.
+var ErrNotFound = errors.New("not found")
 
 // Repo is one repository of images in some storage.
 type Repo interface {
@@ -16,7 +21,8 @@ type Repo interface {
 	Name() string
 	// Manifest fetches the manifest that id (a tag or a digest) names. It
 	// returns the manifest's descriptor (media type as served) and its
-	// bytes, verified against the digest.
+	// bytes, verified against the digest. A missing manifest gives an error
+	// that matches ErrNotFound.
 	Manifest(ctx context.Context, id string) (v1.Descriptor, []byte, error)
 	// Blob fetches a small blob, such as a config, verified against its
 	// digest and refused when larger than manifest.MaxDocumentSize.

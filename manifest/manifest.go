@@ -233,10 +233,10 @@ func ParseImageManifest(ref string, contentType types.MediaType, raw []byte) (*v
 	}
 	m, err := v1.ParseManifest(bytes.NewReader(raw))
 	if err != nil {
-		return nil, fam, fmt.Errorf("%s: decoding manifest: %w", ref, err)
+		return nil, fam, &InvalidError{Ref: ref, What: "decoding manifest", Err: err}
 	}
 	if len(m.Layers) == 0 {
-		return nil, fam, fmt.Errorf("%s: manifest has no layers", ref)
+		return nil, fam, &InvalidError{Ref: ref, What: "manifest has no layers"}
 	}
 	return m, fam, nil
 }
@@ -246,13 +246,31 @@ func ParseImageManifest(ref string, contentType types.MediaType, raw []byte) (*v
 func ParseConfig(ref string, raw []byte) (*v1.ConfigFile, error) {
 	cf, err := v1.ParseConfigFile(bytes.NewReader(raw))
 	if err != nil {
-		return nil, fmt.Errorf("%s: decoding config: %w", ref, err)
+		return nil, &InvalidError{Ref: ref, What: "decoding config", Err: err}
 	}
 	if cf.RootFS.Type != "" && cf.RootFS.Type != "layers" {
-		return nil, fmt.Errorf("%s: config rootfs type %q is not \"layers\"", ref, cf.RootFS.Type)
+		return nil, &InvalidError{Ref: ref, What: fmt.Sprintf("config rootfs type %q is not \"layers\"", cf.RootFS.Type)}
 	}
 	return cf, nil
 }
+
+// InvalidError is a document that is corrupt, too large or inconsistent.
+type InvalidError struct {
+	Ref  string
+	What string
+	Err  error
+}
+
+// Error renders "ref: what: cause".
+func (e *InvalidError) Error() string {
+	if e.Err == nil {
+		return e.Ref + ": " + e.What
+	}
+	return fmt.Sprintf("%s: %s: %v", e.Ref, e.What, e.Err)
+}
+
+// Unwrap returns the cause.
+func (e *InvalidError) Unwrap() error { return e.Err }
 
 // UnsupportedError is returned for documents that are not single-platform
 // image manifests.

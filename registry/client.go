@@ -20,6 +20,8 @@ import (
 	"github.com/google/go-containerregistry/pkg/authn"
 	"github.com/google/go-containerregistry/pkg/name"
 	"github.com/google/go-containerregistry/pkg/v1/remote/transport"
+
+	"github.com/image-rebase/image-rebase/engine"
 )
 
 // Options configure a Client.
@@ -37,12 +39,17 @@ type Options struct {
 	Transport http.RoundTripper
 	// UserAgent is sent with every request.
 	UserAgent string
+	// RetryBackoff is the first wait before a retry (doubling, with
+	// jitter); 250ms when zero. Tests shorten it.
+	RetryBackoff time.Duration
 }
 
 // Client reaches registries. It pings each registry once and shares one
 // authenticated transport per registry across every repository it touches.
 type Client struct {
 	opts Options
+
+	retry retryPolicy
 
 	mu     sync.Mutex
 	scopes map[string][]string // registry → scopes asked so far
@@ -61,12 +68,20 @@ func New(opts Options) *Client {
 		opts.Keychain = authn.DefaultKeychain
 	}
 	if opts.Transport == nil {
-		opts.Transport = http.DefaultTransport
+		t := http.DefaultTransport.(*http.Transport).Clone()
+		// Per-request limits; --timeout bounds the whole run.
+		t.ResponseHeaderTimeout = 60 * time.Second
+		t.TLSHandshakeTimeout = 15 * time.Second
+		opts.Transport = t
 	}
 	if opts.UserAgent == "" {
 		opts.UserAgent = "image-rebase"
 	}
-	return &Client{opts: opts, scopes: map[string][]string{}, regs: map[string]*regConn{}}
+	retry := defaultRetry
+	if opts.RetryBackoff > 0 {
+		retry.base = opts.RetryBackoff
+	}
+	return &Client{opts: opts, retry: retry, scopes: map[string][]string{}, regs: map[string]*regConn{}}
 }
 
 // IsInsecure reports whether reg may be reached without verified TLS.
@@ -120,10 +135,7 @@ func (c *Client) transport(ctx context.Context, reg name.Registry) (http.RoundTr
 		if c.opts.Log != nil {
 			base = &logTransport{inner: base, w: c.opts.Log}
 		}
-		base = transport.NewRetry(base,
-			transport.WithRetryBackoff(transport.Backoff{Duration: 200 * time.Millisecond, Factor: 2, Jitter: 0.2, Steps: 4}),
-			transport.WithRetryStatusCodes(http.StatusRequestTimeout, http.StatusInternalServerError, http.StatusBadGateway,
-				http.StatusServiceUnavailable, http.StatusGatewayTimeout, http.StatusTooManyRequests))
+		base = &retryTransport{inner: &verifyTransport{inner: base}, policy: c.retry}
 		base = transport.NewUserAgent(base, c.opts.UserAgent)
 		rt, err := transport.NewWithContext(ctx, reg, auth, base, scopes)
 		if err != nil {
@@ -183,8 +195,8 @@ func (l *logTransport) RoundTrip(r *http.Request) (*http.Response, error) {
 		status = resp.Status
 	}
 	l.mu.Lock()
+	defer l.mu.Unlock()
 	fmt.Fprintf(l.w, "%s %s -> %s (%s)\n", r.Method, u.String(), status, time.Since(start).Round(time.Millisecond))
-	l.mu.Unlock()
 	return resp, err
 }
 
@@ -220,6 +232,28 @@ func (e *AccessError) Error() string {
 
 // Unwrap returns the cause.
 func (e *AccessError) Unwrap() error { return e.Err }
+
+// Is matches engine.ErrNotFound when the registry answered that the
+// manifest, blob or repository does not exist.
+func (e *AccessError) Is(target error) bool {
+	if target != engine.ErrNotFound {
+		return false
+	}
+	var te *transport.Error
+	if !errors.As(e.Err, &te) {
+		return false
+	}
+	if te.StatusCode == http.StatusNotFound {
+		return true
+	}
+	for _, d := range te.Errors {
+		switch d.Code {
+		case transport.ManifestUnknownErrorCode, transport.NameUnknownErrorCode, transport.BlobUnknownErrorCode:
+			return true
+		}
+	}
+	return false
+}
 
 // describe shortens go-containerregistry's errors to one line.
 func describe(err error) string {

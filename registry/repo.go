@@ -8,6 +8,7 @@ import (
 	"io"
 	"net/http"
 	"net/url"
+	"strconv"
 	"strings"
 
 	"github.com/google/go-containerregistry/pkg/name"
@@ -31,6 +32,9 @@ var _ engine.WritableRepo = (*Repo)(nil)
 // host belongs to defaultRegistry (the REGISTRY argument of the classic
 // form) when it is set, else to Docker Hub. write asks for push access.
 func (c *Client) Parse(ref, defaultRegistry string, write bool) (engine.Location, error) {
+	if defaultRegistry != "" && !ValidHost(defaultRegistry) {
+		return engine.Location{}, fmt.Errorf("invalid registry %q: want host[:port]", defaultRegistry)
+	}
 	opts := c.nameOptions(defaultRegistry)
 	if defaultRegistry != "" && c.IsInsecure(defaultRegistry) {
 		opts = append(opts, name.Insecure)
@@ -60,6 +64,37 @@ func (c *Client) Parse(ref, defaultRegistry string, write bool) (engine.Location
 	return loc, nil
 }
 
+// ValidHost reports whether s is a registry host: a DNS name, an IPv4
+// address or a bracketed IPv6 address, with an optional port.
+func ValidHost(s string) bool {
+	u, err := url.Parse("//" + s)
+	if err != nil || u.Host != s || u.User != nil || u.Hostname() == "" {
+		return false
+	}
+	if p := u.Port(); p != "" {
+		if n, err := strconv.Atoi(p); err != nil || n < 1 || n > 65535 {
+			return false
+		}
+	} else if strings.HasSuffix(s, ":") {
+		return false
+	}
+	h := u.Hostname()
+	if strings.Contains(h, ":") {
+		return true // IPv6, already checked by url.Parse
+	}
+	for _, label := range strings.Split(h, ".") {
+		if label == "" || len(label) > 63 || label[0] == '-' || label[len(label)-1] == '-' {
+			return false
+		}
+		for _, r := range label {
+			if !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '-') {
+				return false
+			}
+		}
+	}
+	return true
+}
+
 // Name returns "host/repository".
 func (r *Repo) Name() string { return r.repo.Name() }
 
@@ -78,7 +113,9 @@ func (r *Repo) options(ctx context.Context) ([]remote.Option, error) {
 	if err != nil {
 		return nil, err
 	}
-	return []remote.Option{remote.WithTransport(rt), remote.WithContext(ctx)}, nil
+	// Retries happen once, in this package's transport; go-containerregistry's
+	// own retry of manifest writes is turned off.
+	return []remote.Option{remote.WithTransport(rt), remote.WithContext(ctx), remote.WithRetryBackoff(remote.Backoff{Steps: 1})}, nil
 }
 
 // Manifest fetches a manifest by tag or digest.
@@ -96,7 +133,7 @@ func (r *Repo) Manifest(ctx context.Context, id string) (v1.Descriptor, []byte, 
 		return v1.Descriptor{}, nil, &AccessError{Op: "reading manifest", Ref: ref.Name(), Err: err}
 	}
 	if d.Size > manifest.MaxDocumentSize {
-		return v1.Descriptor{}, nil, fmt.Errorf("manifest %s is %d bytes, over the %d byte limit", ref.Name(), d.Size, manifest.MaxDocumentSize)
+		return v1.Descriptor{}, nil, &manifest.InvalidError{Ref: ref.Name(), What: fmt.Sprintf("manifest of %d bytes is over the %d byte limit", d.Size, manifest.MaxDocumentSize)}
 	}
 	return d.Descriptor, d.Manifest, nil
 }
@@ -105,7 +142,7 @@ func (r *Repo) Manifest(ctx context.Context, id string) (v1.Descriptor, []byte, 
 func (r *Repo) Blob(ctx context.Context, d v1.Descriptor) ([]byte, error) {
 	ref := r.repo.Digest(d.Digest.String())
 	if d.Size > manifest.MaxDocumentSize {
-		return nil, fmt.Errorf("blob %s is %d bytes, over the %d byte limit for configs", ref.Name(), d.Size, manifest.MaxDocumentSize)
+		return nil, &manifest.InvalidError{Ref: ref.Name(), What: fmt.Sprintf("config of %d bytes is over the %d byte limit", d.Size, manifest.MaxDocumentSize)}
 	}
 	opts, err := r.options(ctx)
 	if err != nil {
@@ -125,10 +162,10 @@ func (r *Repo) Blob(ctx context.Context, d v1.Descriptor) ([]byte, error) {
 		return nil, &AccessError{Op: "reading blob", Ref: ref.Name(), Err: err}
 	}
 	if int64(len(b)) != d.Size {
-		return nil, fmt.Errorf("blob %s: got %d bytes, descriptor says %d", ref.Name(), len(b), d.Size)
+		return nil, &manifest.InvalidError{Ref: ref.Name(), What: fmt.Sprintf("got %d bytes, the descriptor says %d", len(b), d.Size)}
 	}
 	if h, _, _ := v1.SHA256(bytes.NewReader(b)); h != d.Digest {
-		return nil, fmt.Errorf("blob %s: content digest is %s", ref.Name(), h)
+		return nil, &manifest.InvalidError{Ref: ref.Name(), What: "content digest is " + h.String()}
 	}
 	return b, nil
 }

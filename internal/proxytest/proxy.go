@@ -11,6 +11,7 @@ import (
 	"net/http/httputil"
 	"net/url"
 	"sort"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -50,6 +51,11 @@ type Fault struct {
 	RetryAfter string
 	// Drop closes the connection without an answer.
 	Drop bool
+	// Truncate forwards the request but sends only half of the answer's
+	// body (with the full Content-Length), then closes the connection.
+	Truncate bool
+	// Delay waits this long before forwarding.
+	Delay time.Duration
 }
 
 // Option configures a Proxy.
@@ -90,9 +96,15 @@ func Start(backend string, opts ...Option) *Proxy {
 		if p.latency > 0 {
 			time.Sleep(p.latency)
 		}
+		var truncate bool
 		if p.faults != nil {
 			if f := p.faults(n, r); f != (Fault{}) {
 				switch {
+				case f.Delay > 0:
+					e.Fault = "delay"
+					time.Sleep(f.Delay)
+				case f.Truncate:
+					e.Fault, truncate = "truncate", true
 				case f.Drop:
 					e.Fault = "drop"
 					if hj, ok := w.(http.Hijacker); ok {
@@ -115,7 +127,18 @@ func Start(backend string, opts ...Option) *Proxy {
 			r.Body = &counter{ReadCloser: r.Body, n: &e.BlobBytesIn}
 		}
 		cw := &countingWriter{ResponseWriter: w}
+		if truncate {
+			cw.limit = -1
+		}
 		rp.ServeHTTP(cw, r)
+		if truncate {
+			cw.Flush()
+			if hj, ok := w.(http.Hijacker); ok {
+				if c, _, err := hj.Hijack(); err == nil {
+					c.Close()
+				}
+			}
+		}
 		e.Status = cw.status
 		if e.Class == "blob" && r.Method == http.MethodGet {
 			e.BlobBytesOut = cw.n
@@ -235,16 +258,30 @@ type countingWriter struct {
 	http.ResponseWriter
 	status int
 	n      int64
+	// limit, when set, is how many body bytes to let through: -1 until the
+	// headers say how long the body is, then half of it.
+	limit int64
 }
 
 func (c *countingWriter) WriteHeader(s int) {
 	c.status = s
+	if c.limit == -1 {
+		cl, _ := strconv.ParseInt(c.Header().Get("Content-Length"), 10, 64)
+		c.limit = cl / 2
+	}
 	c.ResponseWriter.WriteHeader(s)
 }
 
 func (c *countingWriter) Write(b []byte) (int, error) {
 	if c.status == 0 {
-		c.status = http.StatusOK
+		c.WriteHeader(http.StatusOK)
+	}
+	if c.limit > 0 || c.limit == -1 {
+		if room := c.limit - c.n; int64(len(b)) > room {
+			n, _ := c.ResponseWriter.Write(b[:max(room, 0)])
+			c.n += int64(n)
+			return len(b), nil
+		}
 	}
 	n, err := c.ResponseWriter.Write(b)
 	c.n += int64(n)

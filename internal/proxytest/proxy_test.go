@@ -96,3 +96,36 @@ func TestCountsLatencyAndFaults(t *testing.T) {
 		t.Errorf("round trips %d, want 4 (ping, two blobs together, two uploads)", s.RoundTrips)
 	}
 }
+
+func TestTruncateAndDrop(t *testing.T) {
+	backend := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Length", "10")
+		io.WriteString(w, "0123456789")
+	}))
+	defer backend.Close()
+	p := Start(strings.TrimPrefix(backend.URL, "http://"), WithFaults(func(n int, r *http.Request) Fault {
+		return map[int]Fault{1: {Truncate: true}, 2: {Drop: true}}[n]
+	}))
+	defer p.Close()
+	resp, err := http.Get("http://" + p.Host() + "/v2/x/manifests/1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if err == nil || string(b) != "01234" {
+		t.Errorf("truncated read = %q, %v; want 5 bytes then an error", b, err)
+	}
+	if _, err := http.Get("http://" + p.Host() + "/v2/x/manifests/1"); err == nil {
+		t.Error("dropped request succeeded")
+	}
+	resp, err = http.Get("http://" + p.Host() + "/v2/x/manifests/1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ = io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if string(b) != "0123456789" {
+		t.Errorf("third request = %q", b)
+	}
+}
