@@ -37,9 +37,10 @@ type Preparer interface {
 	Prepare(refs []string) map[string]error
 }
 
-// ParseFunc turns a reference into a location; write asks for push access
-// (registry.Client.Parse with no default registry).
-type ParseFunc func(ref string, write bool) (engine.Location, error)
+// ParseFunc turns a reference into a location: registry.Client.Parse. A
+// reference without a host belongs to defaultRegistry when it is set;
+// write asks for push access.
+type ParseFunc func(ref, defaultRegistry string, write bool) (engine.Location, error)
 
 // locations parses references once, ahead of resolution.
 type locations struct {
@@ -55,7 +56,7 @@ func (l *locations) prepare(parse ParseFunc, refs []string, write bool) map[stri
 	}
 	errs := map[string]error{}
 	for _, ref := range refs {
-		loc, err := parse(ref, write)
+		loc, err := parse(ref, "", write)
 		if err != nil {
 			errs[ref] = err
 			continue
@@ -72,14 +73,21 @@ func (l *locations) get(parse ParseFunc, ref string, write bool) (engine.Locatio
 	if ok {
 		return loc, nil
 	}
-	return parse(ref, write)
+	return parse(ref, "", write)
 }
 
 // Rebaser rebases each image in place (its tag moves to the rebased image)
-// from one base to another, and pins the result.
+// and pins the result. With From unset the old base is found from what the
+// image records (engine.Detect: the FROM label, or Label, then the OCI base
+// annotations, then To's history), and with To unset too the image moves
+// onto the current image of the base it names.
 type Rebaser struct {
 	Parse    ParseFunc
 	From, To engine.Location
+	// Label names the label that names an image's base (default FROM).
+	Label string
+	// Strict refuses a rebase whose plan has any warning.
+	Strict bool
 	// DryRun plans the rebase and writes nothing to the registry; the
 	// digest to pin is the one the rebased image would have.
 	DryRun bool
@@ -100,9 +108,17 @@ func (r *Rebaser) Resolve(ctx context.Context, ref string) (Resolution, error) {
 	if err != nil {
 		return Resolution{}, err
 	}
+	detect := engine.Detect{Label: r.Label, Resolve: func(base string, relative bool) (engine.Location, error) {
+		// A label names the base relative to the image's own registry.
+		reg := ""
+		if rr, ok := loc.Repo.(interface{ Registry() string }); ok && relative {
+			reg = rr.Registry()
+		}
+		return r.Parse(base, reg, false)
+	}}
 	res, err := engine.Rebase(ctx, engine.Request{
-		Image: loc, Target: loc, From: r.From, To: r.To,
-		DryRun: r.DryRun, AllowCopy: r.AllowCopy,
+		Image: loc, Target: loc, From: r.From, To: r.To, Detect: detect,
+		DryRun: r.DryRun, AllowCopy: r.AllowCopy, Strict: r.Strict,
 	})
 	if err != nil {
 		return Resolution{}, err

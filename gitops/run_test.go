@@ -110,16 +110,15 @@ func readTree(t *testing.T, dir string) map[string]string {
 
 func rebaser(t *testing.T, reg *regtest.Registry, dryRun bool) *gitops.Rebaser {
 	client := registry.New(registry.Options{Insecure: []string{reg.Host}})
-	parse := func(ref string, write bool) (engine.Location, error) { return client.Parse(ref, "", write) }
-	from, err := parse(reg.Ref("base:1"), false)
+	from, err := client.Parse(reg.Ref("base:1"), "", false)
 	if err != nil {
 		t.Fatal(err)
 	}
-	to, err := parse(reg.Ref("base:2"), false)
+	to, err := client.Parse(reg.Ref("base:2"), "", false)
 	if err != nil {
 		t.Fatal(err)
 	}
-	return &gitops.Rebaser{Parse: parse, From: from, To: to, DryRun: dryRun}
+	return &gitops.Rebaser{Parse: client.Parse, From: from, To: to, DryRun: dryRun}
 }
 
 func statuses(rep *gitops.Report, dir string) map[string]string {
@@ -309,7 +308,7 @@ func TestRunPinOnly(t *testing.T) {
 	reg, _, dir := setup(t)
 	snap := reg.Snapshot(t)
 	client := registry.New(registry.Options{Insecure: []string{reg.Host}})
-	pinner := &gitops.Pinner{Parse: func(ref string, write bool) (engine.Location, error) { return client.Parse(ref, "", write) }}
+	pinner := &gitops.Pinner{Parse: client.Parse}
 	values := filepath.Join(dir, "charts/shop/values.yaml")
 	rep, err := gitops.Run(context.Background(), []string{values}, gitops.Options{Resolver: pinner})
 	if err != nil {
@@ -336,5 +335,51 @@ func TestRunMissingPath(t *testing.T) {
 	_, err := gitops.Run(context.Background(), []string{filepath.Join(t.TempDir(), "nope")}, gitops.Options{})
 	if !errors.Is(err, os.ErrNotExist) {
 		t.Fatalf("got %v", err)
+	}
+}
+
+// TestRunAutomatic: no bases given; each image moves onto the current image
+// of the base its FROM label names.
+func TestRunAutomatic(t *testing.T) {
+	reg := regtest.Start(t)
+	base := func(v string) v1.Image {
+		img, err := testimage.Build(nil, testimage.Linux, testimage.Copy("COPY os /etc/os", map[string]string{"etc/os": "patch " + v}), testimage.Env("PATH=/bin"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return img
+	}
+	b1 := base("1")
+	reg.Push(t, "base:1", b1)
+	img, err := testimage.Build(b1, testimage.Linux, testimage.Label("FROM", "base:1"), testimage.Copy("COPY app /app", map[string]string{"app": "app"}), testimage.Cmd("/app"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	before := reg.Push(t, "app:1", img)
+	reg.Push(t, "base:1", base("2")) // the patched rebuild
+
+	dir := t.TempDir()
+	file := filepath.Join(dir, "values.yaml")
+	src := "image:\n  repository: " + reg.Host + "/app # {\"$rebase\": \"app:name\"}\n  tag: 1 # {\"$rebase\": \"app:tag\"}\n"
+	if err := os.WriteFile(file, []byte(src), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	client := registry.New(registry.Options{Insecure: []string{reg.Host}})
+	rep, err := gitops.Run(context.Background(), []string{dir}, gitops.Options{Resolver: &gitops.Rebaser{Parse: client.Parse}})
+	if err != nil || rep.Err() != nil {
+		t.Fatal(err, rep.Err())
+	}
+	after := reg.Snapshot(t)["app:1"]
+	im := rep.Files[0].Images[0]
+	if after == before.String() || im.Action != string(engine.Rebased) || im.Before != before.String() || im.After != after {
+		t.Fatalf("app:1 %s → %s; report %+v", before, after, im)
+	}
+	b, _ := os.ReadFile(file)
+	if want := strings.Replace(src, "tag: 1 #", "tag: 1@"+after+" #", 1); string(b) != want {
+		t.Fatalf("got\n%s\nwant\n%s", b, want)
+	}
+	rep, err = gitops.Run(context.Background(), []string{dir}, gitops.Options{Resolver: &gitops.Rebaser{Parse: client.Parse}})
+	if err != nil || rep.Err() != nil || rep.Files[0].Status != gitops.Unchanged || rep.Files[0].Images[0].Action != string(engine.UpToDate) {
+		t.Fatalf("second run: %v %v %+v", err, rep.Err(), rep.Files[0].Images[0])
 	}
 }
