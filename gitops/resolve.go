@@ -2,7 +2,6 @@ package gitops
 
 import (
 	"context"
-	"fmt"
 	"sync"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
@@ -151,19 +150,20 @@ func (p *Pinner) Resolve(ctx context.Context, ref string) (Resolution, error) {
 		return Resolution{}, err
 	}
 	var d v1.Hash
+	found := false
 	if tr, ok := loc.Repo.(tagResolver); ok {
-		var found bool
-		d, found, err = tr.Resolve(ctx, loc.Tag)
-		if err == nil && !found {
-			err = fmt.Errorf("%s: tag not found", ref)
+		if d, found, err = tr.Resolve(ctx, loc.Tag); err != nil {
+			return Resolution{}, err
 		}
-	} else {
-		var desc v1.Descriptor
-		desc, _, err = loc.Repo.Manifest(ctx, loc.Tag)
-		d = desc.Digest
 	}
-	if err != nil {
-		return Resolution{}, err
+	if !found {
+		// No HEAD, or nothing found: the GET says why, in the storage's
+		// own error.
+		desc, _, err := loc.Repo.Manifest(ctx, loc.Tag)
+		if err != nil {
+			return Resolution{}, err
+		}
+		d = desc.Digest
 	}
 	return Resolution{Action: "resolved", Before: d.String(), Digest: d.String()}, nil
 }

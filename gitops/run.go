@@ -161,7 +161,10 @@ func Run(ctx context.Context, paths []string, opts Options) (*Report, error) {
 		}
 		after, err := Rewrite(w.rep.Path, w.data, edits)
 		if err == nil && opts.DryRun {
-			w.rep.Diff, err = Diff(filepath.ToSlash(w.rep.Path), w.data, after)
+			// Paths relative to where the command runs, as git shows
+			// them (a/deploy/values.yaml); an absolute path loses its
+			// leading slash.
+			w.rep.Diff, err = Diff(strings.TrimPrefix(filepath.ToSlash(w.rep.Path), "/"), w.data, after)
 		} else if err == nil {
 			err = writeAtomic(w.rep.Path, w.data, after)
 		}

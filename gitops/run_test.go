@@ -286,10 +286,10 @@ func checkDiffApplies(t *testing.T, dir string, tree, files, diffs map[string]st
 			t.Fatal(err)
 		}
 		if d := diffs[name]; d != "" {
-			patch.WriteString(strings.ReplaceAll(d, "a/"+filepath.ToSlash(dir)+"/", "a/"))
+			patch.WriteString(strings.ReplaceAll(d, "a/"+strings.TrimPrefix(filepath.ToSlash(dir), "/")+"/", "a/"))
 		}
 	}
-	p := strings.ReplaceAll(patch.String(), "b/"+filepath.ToSlash(dir)+"/", "b/")
+	p := strings.ReplaceAll(patch.String(), "b/"+strings.TrimPrefix(filepath.ToSlash(dir), "/")+"/", "b/")
 	cmd := exec.Command("git", "apply", "--unsafe-paths", "-")
 	cmd.Dir, cmd.Stdin = copyDir, strings.NewReader(p)
 	if out, err := cmd.CombinedOutput(); err != nil {
