@@ -121,6 +121,7 @@ current image of the base it names, or says it is up to date.`,
 	fl.BoolVar(&f.keepAttestations, "keep-attestations", false, "keep an index's attestation manifests (they describe the old images)")
 	addConnectionFlags(cmd, &f.insecure, &f.verbose, &f.timeout)
 	cmd.AddCommand(newDemoCommand(stdout, stderr))
+	cmd.AddCommand(newGitOpsCommand(stdout, stderr))
 	return cmd
 }
 
