@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net/http"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -158,8 +159,11 @@ func faultMatrix(t *testing.T, reg *regtest.Registry, reset func(), wantLayers i
 
 	// A clean run lists the requests a rebase makes.
 	var keys []string
+	var mu sync.Mutex
 	rec := func(n int, r *http.Request) proxytest.Fault {
+		mu.Lock()
 		keys = append(keys, key(r))
+		mu.Unlock()
 		return proxytest.Fault{}
 	}
 	inject.Store(&rec)

@@ -121,7 +121,9 @@ func (e *TargetExistsError) Error() string {
 // concurrently, in four rounds for a single-platform image: the manifests
 // (with the target tag when it is not the image), the configs (with the
 // opening of the config upload when a write is likely), the blobs and the
-// config, the manifest. Indexes are rebased platform by platform.
+// config, the manifest. Indexes are rebased platform by platform. Without
+// req.From the old base is found from the image (see Detect): two rounds
+// more, as the label that names the base is in the image's config.
 func Rebase(ctx context.Context, req Request) (*Result, error) {
 	target, err := writableTarget(req)
 	if err != nil {
