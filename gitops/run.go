@@ -104,7 +104,7 @@ func Run(ctx context.Context, paths []string, opts Options) (*Report, error) {
 	if err != nil {
 		return nil, err
 	}
-	rep := &Report{Scanned: len(files)}
+	rep := &Report{Scanned: len(files), Files: []*FileReport{}}
 	type work struct {
 		rep    *FileReport
 		data   []byte
@@ -302,9 +302,16 @@ func readFile(path string) ([]byte, error) {
 }
 
 // writeAtomic replaces path's content old with data: a temporary file in
-// the same directory, with path's mode, renamed over it. If path no longer
+// the same directory, with path's mode, renamed over it (over a symbolic
+// link's target). If path no longer
 // holds old (someone edited it meanwhile), nothing is written.
 func writeAtomic(path string, old, data []byte) error {
+	// A symbolic link named on the command line stays a link: write its
+	// target.
+	path, err := filepath.EvalSymlinks(path)
+	if err != nil {
+		return err
+	}
 	info, err := os.Stat(path)
 	if err != nil {
 		return err

@@ -310,7 +310,12 @@ func TestRunPinOnly(t *testing.T) {
 	client := registry.New(registry.Options{Insecure: []string{reg.Host}})
 	pinner := &gitops.Pinner{Parse: client.Parse}
 	values := filepath.Join(dir, "charts/shop/values.yaml")
-	rep, err := gitops.Run(context.Background(), []string{values}, gitops.Options{Resolver: pinner})
+	// Named through a symbolic link, which must stay one.
+	link := filepath.Join(dir, "link.yaml")
+	if err := os.Symlink(values, link); err != nil {
+		t.Fatal(err)
+	}
+	rep, err := gitops.Run(context.Background(), []string{link}, gitops.Options{Resolver: pinner})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -320,6 +325,9 @@ func TestRunPinOnly(t *testing.T) {
 	b, _ := os.ReadFile(values)
 	if !strings.Contains(string(b), `tag: "1@`+snap["app:1"]+`"`) || !strings.Contains(string(b), "/team/worker:2@"+snap["team/worker:2"]+" #") {
 		t.Fatalf("values.yaml:\n%s", b)
+	}
+	if info, err := os.Lstat(link); err != nil || info.Mode()&os.ModeSymlink == 0 {
+		t.Fatalf("the symbolic link was replaced: %v %v", info.Mode(), err)
 	}
 	if len(rep.Files) != 1 || rep.Files[0].Status != gitops.Updated || rep.Err() != nil {
 		t.Fatalf("report %+v, %v", rep.Files[0], rep.Err())

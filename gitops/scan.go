@@ -419,7 +419,7 @@ func lex(l string, indent int, docMarker bool) lineInfo {
 		info.simple = false
 	}
 	if strings.ContainsAny(value[:min(1, len(value))], "@`%,]}") {
-		info.what = "not a plain scalar"
+		info.what = "a value starting with a reserved character"
 	}
 	return info
 }
