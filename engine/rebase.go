@@ -180,7 +180,7 @@ func rebaseImage(ctx context.Context, req Request, target WritableRepo, img, fro
 			wg.Go(func() { errs[i] = d.config(ctx) })
 		}
 	}
-	if target != nil && (to.kind != manifest.KindImage || !hasPrefix(img.image.Manifest.Layers, to.image.Manifest.Layers)) {
+	if target != nil && (to.kind != manifest.KindImage || !rebase.HasLayerPrefix(img.image.Manifest.Layers, to.image.Manifest.Layers)) {
 		wg.Go(func() { session, sessionErr = target.StartUpload(ctx) })
 	}
 	wg.Wait()
@@ -263,18 +263,6 @@ func firstError(errs ...error) error {
 		}
 	}
 	return nil
-}
-
-func hasPrefix(layers, prefix []v1.Descriptor) bool {
-	if len(prefix) > len(layers) {
-		return false
-	}
-	for i := range prefix {
-		if layers[i].Digest != prefix[i].Digest {
-			return false
-		}
-	}
-	return true
 }
 
 // Apply writes a plan to req.Target: the blobs the target lacks (mounted)
