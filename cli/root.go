@@ -129,6 +129,7 @@ from a local target are copied there.`,
 	fl.BoolVar(&f.keepAttestations, "keep-attestations", false, "keep an index's attestation manifests (they describe the old images)")
 	addConnectionFlags(cmd, &f.insecure, &f.verbose, &f.timeout)
 	cmd.AddCommand(newDemoCommand(stdout, stderr))
+	cmd.AddCommand(newGitOpsCommand(stdout, stderr))
 	return cmd
 }
 
