@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net/http"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -158,7 +159,10 @@ func faultMatrix(t *testing.T, reg *regtest.Registry, reset func(), wantLayers i
 
 	// A clean run lists the requests a rebase makes.
 	var keys []string
+	var mu sync.Mutex // requests run concurrently
 	rec := func(n int, r *http.Request) proxytest.Fault {
+		mu.Lock()
+		defer mu.Unlock()
 		keys = append(keys, key(r))
 		return proxytest.Fault{}
 	}
