@@ -42,6 +42,7 @@ type Registry struct {
 type options struct {
 	user, pass string
 	wrap       func(http.Handler) http.Handler
+	urls       []string
 }
 
 // Option configures Start.
@@ -56,6 +57,13 @@ func WithBasicAuth(user, pass string) Option {
 // registry would refuse to store.
 func WithHandler(wrap func(http.Handler) http.Handler) Option {
 	return func(o *options) { o.wrap = wrap }
+}
+
+// WithAllowedURLs lets manifests carry layer urls matching these regular
+// expressions (Distribution's validation.manifests.urls.allow): foreign
+// layers, as in Windows images. By default Distribution refuses every url.
+func WithAllowedURLs(patterns ...string) Option {
+	return func(o *options) { o.urls = append(o.urls, patterns...) }
 }
 
 // Start runs a registry until the test ends.
@@ -78,6 +86,12 @@ func Start(t testing.TB, opts ...Option) *Registry {
 		}
 		cfg += fmt.Sprintf("auth:\n  htpasswd:\n    realm: test\n    path: %s\n", file)
 		reg.Auth = &authn.Basic{Username: o.user, Password: o.pass}
+	}
+	if len(o.urls) > 0 {
+		cfg += "validation:\n  manifests:\n    urls:\n      allow:\n"
+		for _, u := range o.urls {
+			cfg += fmt.Sprintf("        - %q\n", u)
+		}
 	}
 	c, err := configuration.Parse(strings.NewReader(cfg))
 	if err != nil {
