@@ -38,3 +38,25 @@ func TestPlatformMissingFromNewBase(t *testing.T) {
 		t.Fatalf("wrote: %s → %s", before, after)
 	}
 }
+
+// TestSignatureWarning: a single-platform image is checked for signatures
+// with --check-signatures or -v, and the warning is printed.
+func TestSignatureWarning(t *testing.T) {
+	reg := startRegistry(t)
+	fixture(t, reg)
+	for _, flag := range []string{"", "--check-signatures", "-v"} {
+		t.Run("flag "+flag, func(t *testing.T) {
+			d := reg.Push(t, "app:1", image(t, reg.Image(t, "base:1"), "amd64", "APP=1", map[string]string{"app": "app"}))
+			reg.Push(t, "app:sha256-"+d.Hex+".sig", image(t, nil, "amd64", "SIG=1", map[string]string{"sig": "x"}))
+			args := []string{"http://" + reg.Host, "app:1", "--from-base", "base:1", "--to-base", "base:2"}
+			if flag != "" {
+				args = append(args, flag)
+			}
+			code, out, stderr := run(t, args...)
+			warned := strings.Contains(out, "warning: "+d.String()+" has signatures or referrers (cosign signature "+reg.Host+"/app:sha256-"+d.Hex+".sig)")
+			if code != 0 || warned != (flag != "") {
+				t.Fatalf("exit %d, warned %v\n%s%s", code, warned, out, stderr)
+			}
+		})
+	}
+}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"sync"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
@@ -39,6 +40,10 @@ type Request struct {
 	// KeepAttestations keeps an index's attestation manifests (which
 	// describe the old images); by default they are dropped with a warning.
 	KeepAttestations bool
+	// CheckSignatures looks for the single-platform image's signatures
+	// (cosign tags, OCI referrers) to warn that the rebase invalidates them.
+	// An index is always checked.
+	CheckSignatures bool
 	// BackupTag, when set, tags the image as it was read before the target
 	// tag moves, so that a registry garbage collection cannot take it.
 	BackupTag string
@@ -107,7 +112,8 @@ func (e *TargetExistsError) Error() string {
 // concurrently, in four rounds for a single-platform image: the manifests
 // (with the target tag when it is not the image), the configs (with the
 // opening of the config upload when a write is likely), the blobs and the
-// config, the manifest. Indexes are rebased platform by platform.
+// config, the manifest. Indexes are rebased platform by platform. The
+// image's signatures are looked for alongside (see CheckSignatures).
 func Rebase(ctx context.Context, req Request) (*Result, error) {
 	target, err := writableTarget(req)
 	if err != nil {
@@ -134,6 +140,7 @@ func Rebase(ctx context.Context, req Request) (*Result, error) {
 	if existing.exists && !req.Force {
 		return nil, &TargetExistsError{Target: req.Target.String(), Digest: existing.digest}
 	}
+	sigs := startSignatureCheck(ctx, req, docs[0])
 	var res *Result
 	if docs[0].kind == manifest.KindIndex {
 		res, err = rebaseIndex(ctx, req, target, docs[0], docs[1], docs[2])
@@ -142,6 +149,9 @@ func Rebase(ctx context.Context, req Request) (*Result, error) {
 	}
 	if res != nil && existing.exists {
 		res.Replaced = &existing.digest
+	}
+	if w := sigs.warnings(res); err == nil && len(w) > 0 {
+		res.Warnings = append(slices.Clone(res.Warnings), w...)
 	}
 	return res, err
 }
