@@ -92,7 +92,7 @@ func pushOdd(t *testing.T, reg *regtest.Registry) {
 
 type rawManifest string
 
-func (r rawManifest) RawManifest() ([]byte, error)         { return []byte(r), nil }
+func (r rawManifest) RawManifest() ([]byte, error)        { return []byte(r), nil }
 func (r rawManifest) MediaType() (types.MediaType, error) { return types.OCIManifestSchema1, nil }
 
 func fixture(t *testing.T, reg *regtest.Registry) {
@@ -174,7 +174,7 @@ func TestBadInputsFailInOneLineAndWriteNothing(t *testing.T) {
 	}{
 		{"malformed reference", []string{h, "app:1", "--from-base", "Base::1", "--to-base", "base:2"}, 2, "--from-base: invalid reference"},
 		{"malformed registry", []string{"http://", "app:1", "--from-base", "base:1", "--to-base", "base:2"}, 2, "invalid registry"},
-		{"missing flag", []string{h, "app:1", "--to-base", "base:2"}, 2, "--from-base and --to-base are required"},
+		{"missing flag", []string{h, "app:1", "--from-base", "base:1"}, 2, "--from-base needs --to-base"},
 		{"unknown flag", []string{h, "app:1", "--frm-base", "base:1"}, 2, "unknown flag"},
 		{"unknown repository", []string{h, "nope:1", "--from-base", "base:1", "--to-base", "base:2"}, 3, "nope:1"},
 		{"unknown tag", []string{h, "app:9", "--from-base", "base:1", "--to-base", "base:2"}, 3, "app:9"},

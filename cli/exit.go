@@ -28,7 +28,15 @@ const (
 	// oversized document, existing target without --force, a blob that
 	// cannot be mounted).
 	ExitRefused = 4
+	// ExitWouldRebase: --check found that a rebase is due (nothing was
+	// written). Distinct from the failure codes, so that CI can tell
+	// "rebase needed" from "could not check".
+	ExitWouldRebase = 10
 )
+
+// errWouldRebase ends a --check run that found a rebase due: exit code
+// ExitWouldRebase, and no error line.
+var errWouldRebase = errors.New("a rebase is due")
 
 // usageError marks errors in the command line itself.
 type usageError struct{ msg string }
@@ -51,6 +59,8 @@ func exitCode(err error) int {
 	switch {
 	case err == nil:
 		return ExitOK
+	case errors.Is(err, errWouldRebase):
+		return ExitWouldRebase
 	case errors.As(err, &ue):
 		return ExitUsage
 	case errors.As(err, &re), errors.As(err, &me), errors.As(err, &ie), errors.As(err, &te), errors.As(err, &mr):

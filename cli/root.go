@@ -3,6 +3,7 @@ package cli
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -11,9 +12,13 @@ import (
 	"time"
 
 	"github.com/google/go-containerregistry/pkg/name"
+	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/spf13/cobra"
 
+	"github.com/image-rebase/image-rebase/basedetect"
 	"github.com/image-rebase/image-rebase/engine"
+	"github.com/image-rebase/image-rebase/locate"
+	"github.com/image-rebase/image-rebase/manifest"
 	"github.com/image-rebase/image-rebase/platform"
 	"github.com/image-rebase/image-rebase/registry"
 )
@@ -26,7 +31,7 @@ func Main(args []string, stdout, stderr io.Writer) int {
 	cmd := NewCommand(stdout, stderr)
 	cmd.SetArgs(args)
 	err := cmd.ExecuteContext(ctx)
-	if err != nil {
+	if err != nil && !errors.Is(err, errWouldRebase) {
 		fmt.Fprintf(stderr, "image-rebase: %s\n", oneLine(err))
 	}
 	return exitCode(err)
@@ -39,13 +44,18 @@ type rebaseFlags struct {
 	tag       string
 	force     bool
 	dryRun    bool
+	strict    bool
 	allowCopy bool
 	output    string
 	insecure  []string
 	verbose   bool
 	timeout   time.Duration
 
-	backupTag          string
+	label     string
+	layers    int
+	check     bool
+	backupTag string
+
 	platforms          []string
 	keepOtherPlatforms bool
 	keepAttestations   bool
@@ -57,7 +67,7 @@ type rebaseFlags struct {
 func NewCommand(stdout, stderr io.Writer) *cobra.Command {
 	f := &rebaseFlags{}
 	cmd := &cobra.Command{
-		Use:   "image-rebase [REGISTRY] IMAGE[:TAG|@DIGEST] --from-base OLD --to-base NEW",
+		Use:   "image-rebase [REGISTRY] IMAGE[:TAG|@DIGEST] [--from-base OLD --to-base NEW | --layers N --to-base NEW | --to-base NEW | -l LABEL]",
 		Short: "Change the base image of a built container image directly in the registry",
 		Long: `image-rebase swaps the base layers of an image for those of a newer base and
 rewrites its config, directly in the registry: only manifests and configs move,
@@ -65,20 +75,38 @@ never layer bytes.
 
 REGISTRY is host[:port] or http(s)://host[:port]; IMAGE, OLD, NEW and -t without
 a host are names in that registry. Without REGISTRY, give full references
-(host/repo:tag). OLD and NEW may be tags or digests.`,
-		Example: `  image-rebase localhost:5000 app:1 --from-base base:1 --to-base base:2
+(host/repo:tag). OLD and NEW may be tags or digests.
+
+Without --from-base the old base is found from the image itself (see
+docs/base-detection.md), by precedence: --layers N (the image's top N history
+entries are its own), the label that names the base (LABEL FROM=base:1 right
+after FROM; -l names another label), the OCI base annotations
+(org.opencontainers.image.base.name and .digest), and, with --to-base alone,
+NEW's history matched against the image's. IMAGE alone rebases onto the
+current image of the base it names, or says it is up to date.
+
+Any of IMAGE, OLD, NEW and -t may also name local storage, mixed freely with
+registries: oci:DIR[:TAG] (OCI image layout), oci-archive:FILE[:TAG] and
+docker-archive:FILE[:NAME:TAG] (docker save / docker load). Layers missing
+from a local target are copied there.`,
+		Example: `  image-rebase localhost:5000 app:1                   # the base the image names (label FROM, annotations)
+  image-rebase localhost:5000 app:1 --check           # exit 0 up to date, 10 a rebase is due
+  image-rebase localhost:5000 app:1 --layers 3 --to-base base:2
+  image-rebase localhost:5000 app:1 --from-base base:1 --to-base base:2
   image-rebase registry.example.com/team/app:1 \
-      --from-base registry.example.com/base:1 --to-base registry.example.com/base:2 -t 1-rebased`,
+      --from-base registry.example.com/base:1 --to-base registry.example.com/base:2 -t 1-rebased
+  image-rebase oci:build/layout:app --from-base oci:build/layout:base-1 \
+      --to-base registry.example.com/base:2 -t registry.example.com/team/app:1 --allow-copy`,
 		Args: func(cmd *cobra.Command, args []string) error {
 			if err := cobra.RangeArgs(1, 2)(cmd, args); err != nil {
-				return usagef(err.Error() + "; usage: image-rebase [REGISTRY] IMAGE --from-base OLD --to-base NEW")
+				return usagef(err.Error() + "; usage: image-rebase [REGISTRY] IMAGE [--from-base OLD] [--to-base NEW] [--layers N] [-l LABEL]")
 			}
 			return nil
 		},
 		SilenceUsage:  true,
 		SilenceErrors: true,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			return runRebase(cmd.Context(), f, args, stdout, stderr)
+			return runRebase(cmd.Context(), f, cmd.Flags().Changed, args, stdout, stderr)
 		},
 	}
 	cmd.SetOut(stdout)
@@ -90,6 +118,10 @@ a host are names in that registry. Without REGISTRY, give full references
 	fl.StringVarP(&f.tag, "tag", "t", "", "write the result to this tag (or full reference) instead of updating IMAGE in place")
 	fl.BoolVar(&f.force, "force", false, "overwrite a target tag that names another image")
 	fl.BoolVar(&f.dryRun, "dry-run", false, "print the plan and write nothing")
+	fl.BoolVar(&f.check, "check", false, "write nothing; exit 0 when up to date, 10 when a rebase is due (for CI)")
+	fl.StringVarP(&f.label, "label", "l", "", "the label that names the image's base (default FROM, used when present)")
+	fl.IntVar(&f.layers, "layers", 0, "keep the image's top N history entries (as docker history lists them, empty-layer ones included) and put --to-base under them")
+	fl.BoolVar(&f.strict, "strict", false, "refuse (exit 4, nothing written) when the plan has any warning")
 	fl.BoolVar(&f.allowCopy, "allow-copy", false, "stream a layer registry to registry when the registry refuses to mount it")
 	fl.StringVarP(&f.output, "output", "o", "text", "output format: text or json")
 	fl.StringVar(&f.backupTag, "backup-tag", "", "before moving a tag, tag the image it named with this template ({tag} is the tag), e.g. {tag}-prev")
@@ -129,12 +161,34 @@ func classicRegistry(arg string) (host string, plainHTTP bool, err error) {
 	return host, plainHTTP, nil
 }
 
-func runRebase(ctx context.Context, f *rebaseFlags, args []string, stdout, stderr io.Writer) error {
+// checkModeFlags refuses combinations of the flags that choose how the old
+// base is found.
+func checkModeFlags(f *rebaseFlags, changed func(string) bool) error {
+	switch {
+	case changed("layers") && f.layers < 1:
+		return usagef(fmt.Sprintf("--layers %d: N must be at least 1", f.layers))
+	case f.fromBase != "" && changed("layers"):
+		return usagef("--from-base and --layers are mutually exclusive: --from-base names the old base, --layers counts the image's own entries")
+	case f.fromBase != "" && changed("label"):
+		return usagef("--from-base and -l/--label are mutually exclusive: --from-base names the old base, -l finds it from a label")
+	case changed("layers") && changed("label"):
+		return usagef("--layers and -l/--label are mutually exclusive")
+	case changed("layers") && f.toBase == "":
+		return usagef("--layers N needs --to-base NEW, the base to put under the image's top N history entries")
+	case f.fromBase != "" && f.toBase == "":
+		return usagef("--from-base needs --to-base NEW")
+	case changed("label") && f.label == "":
+		return usagef("-l/--label needs a label name")
+	}
+	return nil
+}
+
+func runRebase(ctx context.Context, f *rebaseFlags, cmdFlags func(string) bool, args []string, stdout, stderr io.Writer) error {
 	if f.output != "text" && f.output != "json" {
 		return usagef(fmt.Sprintf("invalid --output %q: want text or json", f.output))
 	}
-	if f.fromBase == "" || f.toBase == "" {
-		return usagef("both --from-base and --to-base are required")
+	if err := checkModeFlags(f, cmdFlags); err != nil {
+		return err
 	}
 	var defaultReg string
 	insecure := f.insecure
@@ -157,44 +211,74 @@ func runRebase(ctx context.Context, f *rebaseFlags, args []string, stdout, stder
 		opts.Log = stderr
 	}
 	client := registry.New(opts)
-	req, err := buildRequest(client, defaultReg, args[0], f)
+	refs := &locate.Resolver{Registry: client, DefaultRegistry: defaultReg, Progress: terminal(stderr)}
+	defer refs.Close()
+	req, err := buildRequest(refs, args[0], f)
 	if err != nil {
 		return err
 	}
 	res, err := engine.Rebase(ctx, req)
 	if err != nil {
+		if res != nil && res.Action == engine.Refused {
+			// --strict: show the plan's warnings, then fail.
+			if perr := printResult(stdout, f, res); perr != nil {
+				return perr
+			}
+		}
 		return err
 	}
-	return printResult(stdout, f, res)
+	if err := printResult(stdout, f, res); err != nil {
+		return err
+	}
+	if f.check && res.Action == engine.WouldRebase {
+		return errWouldRebase
+	}
+	return nil
 }
 
 // buildRequest parses every reference before any request is made, so that a
 // malformed one fails without touching a registry.
-func buildRequest(client *registry.Client, defaultReg, image string, f *rebaseFlags) (engine.Request, error) {
+func buildRequest(refs *locate.Resolver, image string, f *rebaseFlags) (engine.Request, error) {
 	var req engine.Request
 	var err error
 	parse := func(what, ref string, write bool) (engine.Location, error) {
-		loc, err := client.Parse(ref, defaultReg, write)
+		loc, err := refs.Parse(ref, write)
 		if err != nil {
 			return loc, usagef(fmt.Sprintf("%s: %v", what, err))
 		}
 		return loc, nil
 	}
-	if req.Image, err = parse("IMAGE", image, !f.dryRun && f.tag == ""); err != nil {
+	if req.Image, err = parse("IMAGE", image, !f.dryRun && !f.check && f.tag == ""); err != nil {
 		return req, err
 	}
-	if req.From, err = parse("--from-base", f.fromBase, false); err != nil {
-		return req, err
+	if f.fromBase != "" {
+		if req.From, err = parse("--from-base", f.fromBase, false); err != nil {
+			return req, err
+		}
 	}
-	if req.To, err = parse("--to-base", f.toBase, false); err != nil {
-		return req, err
+	if f.toBase != "" {
+		if req.To, err = parse("--to-base", f.toBase, false); err != nil {
+			return req, err
+		}
 	}
+	req.Detect = engine.Detect{Label: f.label, Layers: f.layers, Resolve: func(ref string, relative bool) (engine.Location, error) {
+		reg := ""
+		if relative {
+			// A label names the base relative to REGISTRY, or else to the
+			// image's own registry.
+			reg = refs.DefaultRegistry
+			if r, ok := req.Image.Repo.(interface{ Registry() string }); ok && reg == "" {
+				reg = r.Registry()
+			}
+		}
+		return refs.Registry.Parse(ref, reg, false)
+	}}
 	req.Target = req.Image
 	if f.tag != "" {
 		if isBareTag(f.tag) {
-			req.Target, err = parse("--tag", req.Image.Repo.Name()+":"+f.tag, !f.dryRun)
+			req.Target, err = parse("--tag", locate.WithTag(req.Image, f.tag), !(f.dryRun || f.check))
 		} else {
-			req.Target, err = parse("--tag", f.tag, !f.dryRun)
+			req.Target, err = parse("--tag", f.tag, !(f.dryRun || f.check))
 		}
 		if err != nil {
 			return req, err
@@ -203,7 +287,7 @@ func buildRequest(client *registry.Client, defaultReg, image string, f *rebaseFl
 			return req, usagef("--tag must name a tag, not a digest")
 		}
 	}
-	req.DryRun, req.Force, req.AllowCopy = f.dryRun, f.force, f.allowCopy
+	req.DryRun, req.Force, req.AllowCopy, req.Strict = f.dryRun || f.check, f.force, f.allowCopy, f.strict
 	req.KeepOtherPlatforms, req.KeepAttestations = f.keepOtherPlatforms, f.keepAttestations
 	req.CheckSignatures = f.checkSignatures || f.verbose
 	if f.backupTag != "" {
@@ -223,6 +307,19 @@ func buildRequest(client *registry.Client, defaultReg, image string, f *rebaseFl
 		req.Platforms = append(req.Platforms, p)
 	}
 	return req, nil
+}
+
+// terminal returns w when it is a terminal (for progress lines), else nil.
+func terminal(w io.Writer) io.Writer {
+	f, ok := w.(*os.File)
+	if !ok {
+		return nil
+	}
+	fi, err := f.Stat()
+	if err != nil || fi.Mode()&os.ModeCharDevice == 0 {
+		return nil
+	}
+	return w
 }
 
 // isBareTag tells a tag ("1.2-rebased") from a reference ("app:1", "host/app").
@@ -263,6 +360,9 @@ func printResult(w io.Writer, f *rebaseFlags, res *engine.Result) error {
 	for _, p := range res.Platforms {
 		fmt.Fprintf(w, "  %-14s %s  %s → %s\n", p.Platform, p.Action, p.Before, p.After)
 	}
+	if d := res.Detection; d != nil {
+		printDetection(w, d, explain)
+	}
 	switch res.Action {
 	case engine.UpToDate:
 		fmt.Fprintf(w, "%s is up to date: already on %s; nothing written\n", res.Image, res.NewBase.Ref)
@@ -282,4 +382,32 @@ func printResult(w io.Writer, f *rebaseFlags, res *engine.Result) error {
 		fmt.Fprintf(w, "  layers  %d mounted, %d copied (%d bytes)\n", res.Transferred.Mounted, res.Transferred.Copied, res.Transferred.CopiedBytes)
 	}
 	return nil
+}
+
+// printDetection says which method found the old base and which old and new
+// base digests were used; with explain, the reasons too.
+func printDetection(w io.Writer, d *basedetect.Decision, explain bool) {
+	by := string(d.Method)
+	switch {
+	case d.Method == basedetect.ByLabel && d.Label != nil:
+		by = fmt.Sprintf("label %s=%s", d.Label.Name, d.Label.Value)
+	case d.Method == basedetect.ByAnnotation && d.Annotation != nil:
+		by = "annotation " + manifest.BaseNameAnnotation + "=" + d.Annotation.Name
+	case d.Method == basedetect.ByCount:
+		by = "--layers"
+	case d.Method == basedetect.ByHistory:
+		by = "history matched against --to-base"
+	}
+	old := fmt.Sprintf("the image's bottom %d layers (no old base manifest used)", d.Layers)
+	if d.OldDigest != (v1.Hash{}) {
+		old = fmt.Sprintf("%s, %d layers", d.OldDigest, d.Layers)
+	}
+	fmt.Fprintf(w, "base found by %s\n", by)
+	fmt.Fprintf(w, "  old base  %s, %d history entries\n", old, d.Entries)
+	fmt.Fprintf(w, "  new base  %s (%s)\n", d.NewRef, d.NewDigest)
+	if explain {
+		for _, r := range d.Reasons {
+			fmt.Fprintf(w, "  because   %s\n", r)
+		}
+	}
 }

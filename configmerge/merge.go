@@ -1,14 +1,16 @@
 // Package configmerge reconciles an application image's config with a new
 // base: a three-way merge of the old base's config (O), the application's (A)
 // and the new base's (N). What A inherited unchanged from O follows N; what A
-// set itself stays A's. Every decision is recorded as a Change so that it can
-// be explained line by line.
+// set itself stays A's. Where the application's history records its
+// Dockerfile instructions, they are replayed on N as a rebuild would, and
+// the merge decides only what the history does not. Every decision is
+// recorded as a Change so that it can be explained line by line; what cannot
+// be decided with certainty is a Warning.
 package configmerge
 
 import (
 	"fmt"
 	"maps"
-	"reflect"
 	"slices"
 	"strings"
 
@@ -23,37 +25,47 @@ type Input struct {
 	App *v1.ConfigFile
 	// New is the new base's config.
 	New *v1.ConfigFile
+	// History holds the application's own history entries, those above
+	// the old base's. Nil when they are not known: then nothing is
+	// replayed.
+	History []v1.History
 }
 
-// Change is one decision of the merge, for --dry-run and -v.
-type Change struct {
-	// Field is the config field, e.g. "Env", "Labels", "WorkingDir".
-	Field string `json:"field"`
-	// Key is the variable, label or port within the field, if any.
-	Key string `json:"key,omitempty"`
-	// Decision says why the value was chosen: "inherited" (follows the new
-	// base), "kept" (set by the application), "added" or "removed" (by the
-	// new base).
-	Decision string `json:"decision"`
-	// From is the application image's value, To the result's.
-	From string `json:"from,omitempty"`
-	To   string `json:"to,omitempty"`
-}
+// Warning codes: stable identifiers of the hazards, documented in
+// docs/config-merge.md.
+const (
+	// CodeWorkdirMoved: a relative WORKDIR, or a RUN/COPY/ADD relative to
+	// the working directory, was resolved against a base WORKDIR that the
+	// new base changes; the application's files sit under the old path.
+	CodeWorkdirMoved = "workdir-moved"
+	// CodeRunOnNewRelease: the application ran RUN steps on the old base
+	// and the new base is another OS release.
+	CodeRunOnNewRelease = "run-os-release-changed"
+	// CodeOldValueEmbedded: a value the application set contains an old
+	// base value that the new base changes, and cannot be rewritten.
+	CodeOldValueEmbedded = "old-base-value-embedded"
+	// CodeOnBuildChanged: the bases' ONBUILD triggers differ; a rebuild
+	// would run the new base's.
+	CodeOnBuildChanged = "onbuild-changed"
+)
 
-// String renders the change as one line, e.g. `Env BASEVER: inherited, 1 → 2`.
-func (c Change) String() string {
-	name := c.Field
-	if c.Key != "" {
-		name += " " + c.Key
-	}
-	return fmt.Sprintf("%s: %s, %s → %s", name, c.Decision, orNone(c.From), orNone(c.To))
-}
-
-func orNone(s string) string {
-	if s == "" {
-		return "(none)"
-	}
-	return s
+// Result is the merged container config with the decisions that made it.
+type Result struct {
+	// Config is the merged container config (the "config" object).
+	Config v1.Config
+	// Author is the merged top-level author.
+	Author string
+	// Style tells how the application's history was used: StyleAsWritten
+	// or StyleExpanded when it was replayed, StyleUnknown when the config
+	// was merged three ways only.
+	Style Style
+	// Changes lists every value that differs from the application's.
+	Changes []Change
+	// Kept lists values the application set itself and keeps although the
+	// base's changed.
+	Kept []Change
+	// Warnings lists hazards.
+	Warnings []Warning
 }
 
 // Warning is a hazard the merge cannot resolve with certainty.
@@ -64,189 +76,182 @@ type Warning struct {
 	Message string `json:"message"`
 }
 
-// Result is the merged container config with the decisions that made it.
-type Result struct {
-	// Config is the merged container config (the "config" object).
-	Config v1.Config
-	// Changes lists every field whose value differs from the application's.
-	Changes []Change
-	// Warnings lists hazards.
-	Warnings []Warning
+// keyedWarning is a warning tied to the value (key) it is about, so that it
+// is reported only when that value's decision is used.
+type keyedWarning struct {
+	key string
+	w   Warning
 }
 
-// Merge reconciles the container config ("config" object) of in.App with
-// the new base. It never modifies its inputs.
+// outcome is a decided config: by the three-way merge or by replay.
+type outcome struct {
+	cfg    v1.Config
+	author string
+	// setBy maps the keys the application set itself to the instruction
+	// that set them ("" when inferred from the values).
+	setBy    map[string]string
+	warnings []keyedWarning
+}
+
+func (o *outcome) warn(key, code, format string, args ...any) {
+	o.warnings = append(o.warnings, keyedWarning{key: key, w: Warning{Code: code, Message: fmt.Sprintf(format, args...)}})
+}
+
+// Merge reconciles the container config ("config" object) and author of
+// in.App with the new base. It never modifies its inputs.
 func Merge(in Input) (*Result, error) {
 	if in.Old == nil || in.App == nil || in.New == nil {
 		return nil, fmt.Errorf("configmerge: old, app and new configs are all required")
 	}
-	o, a, n := in.Old.Config, in.App.Config, in.New.Config
-	r := &Result{Config: *deepCopy(a)}
-	m := &merger{r: r}
-
-	r.Config.Env = m.env(o.Env, a.Env, n.Env)
-	r.Config.Labels = m.labels(o.Labels, a.Labels, n.Labels)
-	r.Config.Entrypoint, r.Config.Cmd = m.command(o, a, n)
-	r.Config.WorkingDir = m.scalar("WorkingDir", o.WorkingDir, a.WorkingDir, n.WorkingDir)
-	r.Config.User = m.scalar("User", o.User, a.User, n.User)
-	r.Config.StopSignal = m.scalar("StopSignal", o.StopSignal, a.StopSignal, n.StopSignal)
-	r.Config.ExposedPorts = m.set("ExposedPorts", o.ExposedPorts, a.ExposedPorts, n.ExposedPorts)
-	r.Config.Volumes = m.set("Volumes", o.Volumes, a.Volumes, n.Volumes)
-	r.Config.Shell = m.list("Shell", o.Shell, a.Shell, n.Shell)
-	r.Config.Healthcheck = m.healthcheck(o.Healthcheck, a.Healthcheck, n.Healthcheck)
+	merged := threeWay(in.Old, in.App, in.New)
+	out := merged
+	style := StyleUnknown
+	var instrs []instruction
+	if in.History != nil {
+		instrs, style = parseHistory(in.History)
+	}
+	if style != StyleUnknown {
+		rp := replay(instrs, in.Old, in.New)
+		out = combine(in.App, merged, rp)
+	}
+	r := &Result{Config: out.cfg, Author: out.author, Style: style}
+	r.Changes, r.Kept = explain(in.Old, in.App, in.New, out)
+	seen := map[Warning]bool{}
+	for _, kw := range out.warnings {
+		if !seen[kw.w] {
+			seen[kw.w] = true
+			r.Warnings = append(r.Warnings, kw.w)
+		}
+	}
+	r.Warnings = append(r.Warnings, baseHazards(in.Old, in.New, instrs)...)
 	return r, nil
 }
 
-type merger struct{ r *Result }
-
-func (m *merger) change(field, key, decision, from, to string) {
-	m.r.Changes = append(m.r.Changes, Change{Field: field, Key: key, Decision: decision, From: from, To: to})
-}
-
-// scalar: inherited from O (A == O) follows N, otherwise A's.
-func (m *merger) scalar(field, o, a, n string) string {
-	if a != o || a == n {
-		return a
-	}
-	m.change(field, "", "inherited", a, n)
-	return n
-}
-
-func (m *merger) list(field string, o, a, n []string) []string {
-	if !slices.Equal(a, o) || slices.Equal(a, n) {
-		return a
-	}
-	m.change(field, "", "inherited", render(a), render(n))
-	return slices.Clone(n)
-}
-
-// command applies Dockerfile semantics: an ENTRYPOINT set by the
-// application resets the inherited CMD, so only an untouched pair follows N.
-func (m *merger) command(o, a, n v1.Config) (entrypoint, cmd []string) {
-	entrypoint, cmd = a.Entrypoint, a.Cmd
-	if slices.Equal(a.Entrypoint, o.Entrypoint) && !slices.Equal(a.Entrypoint, n.Entrypoint) {
-		m.change("Entrypoint", "", "inherited", render(a.Entrypoint), render(n.Entrypoint))
-		entrypoint = slices.Clone(n.Entrypoint)
-	}
-	entrypointSetByApp := !slices.Equal(a.Entrypoint, o.Entrypoint)
-	if slices.Equal(a.Cmd, o.Cmd) && !entrypointSetByApp && !slices.Equal(a.Cmd, n.Cmd) {
-		m.change("Cmd", "", "inherited", render(a.Cmd), render(n.Cmd))
-		cmd = slices.Clone(n.Cmd)
-	}
-	return entrypoint, cmd
-}
-
-func (m *merger) healthcheck(o, a, n *v1.HealthConfig) *v1.HealthConfig {
-	if !reflect.DeepEqual(a, o) || reflect.DeepEqual(a, n) {
-		return a
-	}
-	m.change("Healthcheck", "", "inherited", renderHealth(a), renderHealth(n))
-	if n == nil {
-		return nil
-	}
-	c := *n
-	c.Test = slices.Clone(n.Test)
-	return &c
-}
-
-// env merges per variable, in the order a rebuild gives: N's variables
-// first (overridden in place by the application), then the application's own.
-func (m *merger) env(o, a, n []string) []string {
-	om, am, nm := envMap(o), envMap(a), envMap(n)
-	var out []string
-	for _, kv := range n {
-		k, nv := splitEnv(kv)
-		av, inA := am[k]
-		ov, inO := om[k]
-		switch {
-		case !inA && !inO:
-			m.change("Env", k, "added", "", nv)
-			out = append(out, kv)
-		case !inA:
-			// The application image lacks a variable the old base had:
-			// it cannot have unset it in a Dockerfile, so keep N's.
-			out = append(out, kv)
-		case inO && av == ov:
-			if av != nv {
-				m.change("Env", k, "inherited", av, nv)
+// combine takes each value from the replay on the new base when the replay
+// on the old base reproduces the application's value, and from the
+// three-way merge otherwise.
+func combine(app *v1.ConfigFile, merged *outcome, rp *replayed) *outcome {
+	a := app.Config
+	out := &outcome{setBy: map[string]string{}}
+	use := func(key string, fromReplay bool) {
+		if fromReplay {
+			if in, ok := rp.n.setBy[key]; ok {
+				out.setBy[key] = in.String()
 			}
-			out = append(out, kv)
-		default:
-			out = append(out, k+"="+av)
+		} else if src, ok := merged.setBy[key]; ok {
+			out.setBy[key] = src
+		}
+		for _, kw := range pick(fromReplay, rp.warnings, merged.warnings) {
+			if kw.key == key {
+				out.warnings = append(out.warnings, kw)
+			}
 		}
 	}
-	for _, kv := range a {
-		k, av := splitEnv(kv)
-		if _, inN := nm[k]; inN {
-			continue
-		}
-		if ov, inO := om[k]; inO && ov == av {
-			m.change("Env", k, "removed", av, "")
-			continue
-		}
-		out = append(out, kv)
+	verified := func(key string, equal bool) bool {
+		ok := equal && !rp.o.isUnknown(key) && !rp.n.isUnknown(key)
+		use(key, ok)
+		return ok
 	}
+
+	// Env, per variable, in the order of the replay on the new base.
+	envOK := map[string]bool{}
+	aEnv, oEnv, mEnv := envMap(a.Env), envMap(rp.o.cfg.Env), envMap(merged.cfg.Env)
+	for _, k := range unionKeys(aEnv, oEnv, envMap(rp.n.cfg.Env), mEnv) {
+		av, inA := aEnv[k]
+		ov, inO := oEnv[k]
+		envOK[k] = verified("Env:"+k, inA == inO && av == ov)
+	}
+	added := map[string]bool{}
+	for _, kv := range rp.n.cfg.Env {
+		k, _ := splitEnv(kv)
+		switch {
+		case envOK[k]:
+			out.cfg.Env = append(out.cfg.Env, kv)
+		case hasKey(mEnv, k):
+			out.cfg.Env = append(out.cfg.Env, k+"="+mEnv[k])
+		}
+		added[k] = true
+	}
+	for _, kv := range merged.cfg.Env {
+		if k, _ := splitEnv(kv); !added[k] && !envOK[k] {
+			out.cfg.Env = append(out.cfg.Env, kv)
+		}
+	}
+
+	// Labels, per key.
+	for _, k := range unionKeys(a.Labels, rp.o.cfg.Labels, rp.n.cfg.Labels, merged.cfg.Labels) {
+		av, inA := a.Labels[k]
+		ov, inO := rp.o.cfg.Labels[k]
+		src := merged.cfg.Labels
+		if verified("Labels:"+k, inA == inO && av == ov) {
+			src = rp.n.cfg.Labels
+		}
+		if v, ok := src[k]; ok {
+			if out.cfg.Labels == nil {
+				out.cfg.Labels = map[string]string{}
+			}
+			out.cfg.Labels[k] = v
+		}
+	}
+
+	// Scalar and whole-value fields.
+	o, n, m := &rp.o.cfg, &rp.n.cfg, &merged.cfg
+	field := func(key string, equal bool, set func(from *v1.Config)) {
+		if verified(key, equal) {
+			set(n)
+		} else {
+			set(m)
+		}
+	}
+	field("WorkingDir", o.WorkingDir == a.WorkingDir, func(c *v1.Config) { out.cfg.WorkingDir = c.WorkingDir })
+	field("User", o.User == a.User, func(c *v1.Config) { out.cfg.User = c.User })
+	field("StopSignal", o.StopSignal == a.StopSignal, func(c *v1.Config) { out.cfg.StopSignal = c.StopSignal })
+	field("ExposedPorts", sameSet(o.ExposedPorts, a.ExposedPorts), func(c *v1.Config) { out.cfg.ExposedPorts = maps.Clone(c.ExposedPorts) })
+	field("Volumes", sameSet(o.Volumes, a.Volumes), func(c *v1.Config) { out.cfg.Volumes = maps.Clone(c.Volumes) })
+	field("Healthcheck", sameHealth(o.Healthcheck, a.Healthcheck), func(c *v1.Config) { out.cfg.Healthcheck = cloneHealth(c.Healthcheck) })
+	field("Shell", sameList(o.Shell, a.Shell), func(c *v1.Config) { out.cfg.Shell = slices.Clone(c.Shell) })
+	field("OnBuild", sameList(o.OnBuild, a.OnBuild), func(c *v1.Config) { out.cfg.OnBuild = slices.Clone(c.OnBuild) })
+	// CMD and ENTRYPOINT interact (an ENTRYPOINT resets the CMD): both come
+	// from the same source.
+	cmdOK := sameList(o.Cmd, a.Cmd) && sameList(o.Entrypoint, a.Entrypoint) &&
+		!rp.o.isUnknown("Cmd") && !rp.n.isUnknown("Cmd") && !rp.o.isUnknown("Entrypoint") && !rp.n.isUnknown("Entrypoint")
+	use("Cmd", cmdOK)
+	use("Entrypoint", cmdOK)
+	src := m
+	if cmdOK {
+		src = n
+	}
+	out.cfg.Cmd, out.cfg.Entrypoint = slices.Clone(src.Cmd), slices.Clone(src.Entrypoint)
+	if verified("Author", rp.o.author == app.Author) {
+		out.author = rp.n.author
+	} else {
+		out.author = merged.author
+	}
+
+	// Fields no instruction sets, and the rest of the object: the merge's.
+	out.cfg.ArgsEscaped = m.ArgsEscaped
+	use("ArgsEscaped", false)
+	rest := merged.cfg
+	rest.Env, rest.Labels, rest.WorkingDir, rest.User, rest.StopSignal = out.cfg.Env, out.cfg.Labels, out.cfg.WorkingDir, out.cfg.User, out.cfg.StopSignal
+	rest.ExposedPorts, rest.Volumes, rest.Healthcheck, rest.Shell, rest.OnBuild = out.cfg.ExposedPorts, out.cfg.Volumes, out.cfg.Healthcheck, out.cfg.Shell, out.cfg.OnBuild
+	rest.Cmd, rest.Entrypoint, rest.ArgsEscaped = out.cfg.Cmd, out.cfg.Entrypoint, out.cfg.ArgsEscaped
+	out.cfg = rest
 	return out
 }
 
-func (m *merger) labels(o, a, n map[string]string) map[string]string {
-	out := map[string]string{}
-	for _, k := range sortedKeys(a, n) {
-		av, inA := a[k]
-		ov, inO := o[k]
-		nv, inN := n[k]
-		inherited := inA && inO && av == ov
-		switch {
-		case !inA && inN && !inO:
-			m.change("Labels", k, "added", "", nv)
-			out[k] = nv
-		case !inA:
-			if inN {
-				out[k] = nv
-			}
-		case inherited && !inN:
-			m.change("Labels", k, "removed", av, "")
-		case inherited:
-			if av != nv {
-				m.change("Labels", k, "inherited", av, nv)
-			}
-			out[k] = nv
-		default:
-			out[k] = av
-		}
+func pick[T any](first bool, a, b T) T {
+	if first {
+		return a
 	}
-	if len(out) == 0 {
-		return nil
-	}
-	return out
+	return b
 }
 
-// set merges ports or volumes: N's, plus what the application added.
-func (m *merger) set(field string, o, a, n map[string]struct{}) map[string]struct{} {
-	out := map[string]struct{}{}
-	for k := range n {
-		out[k] = struct{}{}
-		if _, inA := a[k]; !inA {
-			m.change(field, k, "added", "", k)
-		}
-	}
-	for k := range a {
-		_, inO := o[k]
-		_, inN := n[k]
-		switch {
-		case !inO:
-			out[k] = struct{}{}
-		case !inN:
-			m.change(field, k, "removed", k, "")
-		}
-	}
-	if len(out) == 0 {
-		return nil
-	}
-	return out
+func hasKey(m map[string]string, k string) bool {
+	_, ok := m[k]
+	return ok
 }
 
-func sortedKeys(ms ...map[string]string) []string {
+func unionKeys(ms ...map[string]string) []string {
 	seen := map[string]bool{}
 	for _, m := range ms {
 		for k := range m {
@@ -270,18 +275,38 @@ func splitEnv(kv string) (string, string) {
 	return k, v
 }
 
-func render(s []string) string {
-	if s == nil {
-		return ""
-	}
-	return fmt.Sprintf("%q", s)
+// sameList compares lists, nil and empty alike.
+func sameList(a, b []string) bool {
+	return len(a) == len(b) && (len(a) == 0 || slices.Equal(a, b))
 }
 
-func renderHealth(h *v1.HealthConfig) string {
-	if h == nil {
-		return ""
+func sameSet(a, b map[string]struct{}) bool {
+	if len(a) != len(b) {
+		return false
 	}
-	return render(h.Test)
+	for k := range a {
+		if _, ok := b[k]; !ok {
+			return false
+		}
+	}
+	return true
+}
+
+func sameHealth(a, b *v1.HealthConfig) bool {
+	if a == nil || b == nil {
+		return a == b
+	}
+	return sameList(a.Test, b.Test) && a.Interval == b.Interval && a.Timeout == b.Timeout &&
+		a.StartPeriod == b.StartPeriod && a.Retries == b.Retries
+}
+
+func cloneHealth(h *v1.HealthConfig) *v1.HealthConfig {
+	if h == nil {
+		return nil
+	}
+	c := *h
+	c.Test = slices.Clone(h.Test)
+	return &c
 }
 
 func deepCopy(c v1.Config) *v1.Config {
@@ -294,10 +319,6 @@ func deepCopy(c v1.Config) *v1.Config {
 	out.Labels = maps.Clone(c.Labels)
 	out.Volumes = maps.Clone(c.Volumes)
 	out.ExposedPorts = maps.Clone(c.ExposedPorts)
-	if c.Healthcheck != nil {
-		h := *c.Healthcheck
-		h.Test = slices.Clone(h.Test)
-		out.Healthcheck = &h
-	}
+	out.Healthcheck = cloneHealth(c.Healthcheck)
 	return &out
 }

@@ -114,6 +114,10 @@ func rebaseIndex(ctx context.Context, req Request, target WritableRepo, img, fro
 	}
 	res.Warnings = append(res.Warnings, warnings...)
 	res.After = desc.Digest
+	if req.Strict && len(res.Warnings) > 0 {
+		res.Action = Refused
+		return res, strictRefusal(res.Warnings)
+	}
 	if req.DryRun {
 		res.Action = WouldRebase
 		return res, nil

@@ -137,7 +137,7 @@ func (m *multi) bases(platforms ...string) (b1, b2 map[string]v1.Image) {
 }
 
 func (m *multi) app(parent v1.Image, p string) v1.Image {
-	return m.img(parent, *plat(p), testimage.Copy("COPY app", map[string]string{"app/bin": "app " + p}), testimage.Env("APP=1"))
+	return m.img(parent, *plat(p), testimage.Copy("COPY app", map[string]string{"app/bin": "app " + p}), testimage.Env("APP=on"))
 }
 
 // checkOn checks that the image of platform p in idx sits on base and keeps

@@ -5,10 +5,12 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strings"
 	"sync"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 
+	"github.com/image-rebase/image-rebase/basedetect"
 	"github.com/image-rebase/image-rebase/manifest"
 	"github.com/image-rebase/image-rebase/platform"
 	"github.com/image-rebase/image-rebase/rebase"
@@ -18,15 +20,23 @@ import (
 type Request struct {
 	// Image is the application image.
 	Image Location
-	// From is the old base.
+	// From is the old base. Leave it unset (nil Repo) to find the old base
+	// from what the image records, as Detect says.
 	From Location
-	// To is the new base.
+	// Detect configures base detection, used when From is unset.
+	Detect Detect
+	// To is the new base. When From is unset it may be unset too: the
+	// base the image names is then resolved now and becomes the new base.
 	To Location
 	// Target is where the result is written; its Repo must be a
 	// WritableRepo unless DryRun is set. Usually Image itself.
 	Target Location
 	// DryRun computes the plan and writes nothing.
 	DryRun bool
+	// Strict refuses a rebase whose plan has any warning: nothing is
+	// written, and the Result (Action Refused) comes with a
+	// *rebase.RefusedError.
+	Strict bool
 	// Force overwrites a target tag that names another image, and skips the
 	// lost-update check.
 	Force bool
@@ -60,6 +70,8 @@ const (
 	UpToDate Action = "up-to-date"
 	// WouldRebase: a dry run found that a rebase is needed.
 	WouldRebase Action = "would-rebase"
+	// Refused: Strict was set and the plan has warnings; nothing written.
+	Refused Action = "refused"
 )
 
 // Result is the outcome of a rebase.
@@ -85,6 +97,8 @@ type Result struct {
 	Plan *rebase.Plan `json:"plan,omitempty"`
 	// Platforms holds one result per platform of an index.
 	Platforms []PlatformResult `json:"platforms,omitempty"`
+	// Detection says how the old base was found, when it was not given.
+	Detection *basedetect.Decision `json:"detection,omitempty"`
 }
 
 // PlatformResult is the outcome for one platform of an index.
@@ -112,7 +126,9 @@ func (e *TargetExistsError) Error() string {
 // concurrently, in four rounds for a single-platform image: the manifests
 // (with the target tag when it is not the image), the configs (with the
 // opening of the config upload when a write is likely), the blobs and the
-// config, the manifest. Indexes are rebased platform by platform. The
+// config, the manifest. Indexes are rebased platform by platform. Without
+// req.From the old base is found from the image (see Detect): two rounds
+// more, as the label that names the base is in the image's config. The
 // image's signatures are looked for alongside (see CheckSignatures).
 func Rebase(ctx context.Context, req Request) (*Result, error) {
 	target, err := writableTarget(req)
@@ -125,7 +141,9 @@ func Rebase(ctx context.Context, req Request) (*Result, error) {
 	var existing targetState
 	var wg sync.WaitGroup
 	for i, loc := range locs {
-		wg.Go(func() { docs[i], errs[i] = fetchDoc(ctx, loc) })
+		if loc.Repo != nil {
+			wg.Go(func() { docs[i], errs[i] = fetchDoc(ctx, loc) })
+		}
 	}
 	if target != nil && req.Target.String() != req.Image.String() {
 		wg.Go(func() { existing = resolveTarget(ctx, target, req.Target.Tag) })
@@ -142,7 +160,9 @@ func Rebase(ctx context.Context, req Request) (*Result, error) {
 	}
 	sigs := startSignatureCheck(ctx, req, docs[0])
 	var res *Result
-	if docs[0].kind == manifest.KindIndex {
+	if req.From.Repo == nil {
+		res, err = rebaseDetected(ctx, req, target, docs[0], docs[2])
+	} else if docs[0].kind == manifest.KindIndex {
 		res, err = rebaseIndex(ctx, req, target, docs[0], docs[1], docs[2])
 	} else {
 		res, err = rebaseImage(ctx, req, target, docs[0], docs[1], docs[2])
@@ -288,6 +308,9 @@ func Apply(ctx context.Context, req Request, plan *rebase.Plan, session BlobUplo
 	case plan.UpToDate:
 		res.Action, res.After = UpToDate, plan.ImageDigest
 		return res, nil
+	case req.Strict && len(plan.Warnings) > 0:
+		res.Action = Refused
+		return res, strictRefusal(res.Warnings)
 	case req.DryRun:
 		res.Action = WouldRebase
 		return res, nil
@@ -344,6 +367,15 @@ func Apply(ctx context.Context, req Request, plan *rebase.Plan, session BlobUplo
 	}
 	res.Action = Rebased
 	return res, nil
+}
+
+// strictRefusal is the error of a Strict rebase that has warnings.
+func strictRefusal(ws []rebase.Warning) error {
+	var parts []string
+	for _, w := range ws {
+		parts = append(parts, w.Code+": "+w.Message)
+	}
+	return &rebase.RefusedError{Reason: fmt.Sprintf("--strict: %d warning(s), nothing written: %s", len(ws), strings.Join(parts, "; "))}
 }
 
 type blobGroup struct {

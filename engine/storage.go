@@ -6,9 +6,15 @@ package engine
 
 import (
 	"context"
+	"errors"
+	"io"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 )
+
+// ErrNotFound is matched (errors.Is) by the errors of Repo.Manifest when
+// the manifest does not exist.
+var ErrNotFound = errors.New("not found")
 
 // Repo is one repository of images in some storage.
 type Repo interface {
@@ -16,7 +22,8 @@ type Repo interface {
 	Name() string
 	// Manifest fetches the manifest that id (a tag or a digest) names. It
 	// returns the manifest's descriptor (media type as served) and its
-	// bytes, verified against the digest.
+	// bytes, verified against the digest. A missing manifest gives an error
+	// that matches ErrNotFound.
 	Manifest(ctx context.Context, id string) (v1.Descriptor, []byte, error)
 	// Blob fetches a small blob, such as a config, verified against its
 	// digest and refused when larger than manifest.MaxDocumentSize.
@@ -39,6 +46,15 @@ type WritableRepo interface {
 	// Resolve returns the digest a tag names now, and false when the tag
 	// does not exist.
 	Resolve(ctx context.Context, tag string) (v1.Hash, bool, error)
+}
+
+// BlobOpener is a Repo that can stream any blob it holds. Targets that
+// must copy blobs (local layouts and archives, or a registry with
+// --allow-copy) read their sources through it.
+type BlobOpener interface {
+	// OpenBlob streams the blob d. The reader is not verified: the
+	// receiving side checks size and digest.
+	OpenBlob(ctx context.Context, d v1.Descriptor) (io.ReadCloser, error)
 }
 
 // BlobUpload is an upload opened by StartUpload: commit it once, or cancel it.
@@ -82,6 +98,10 @@ func (l Location) ID() string {
 
 // String renders the location as a reference, e.g. "host/app:1".
 func (l Location) String() string {
+	if l.Digest == "" && l.Tag == "" {
+		// A local layout or archive's only image.
+		return l.Repo.Name()
+	}
 	if l.Digest != "" {
 		return l.Repo.Name() + "@" + l.Digest
 	}

@@ -79,6 +79,13 @@ type Plan struct {
 	// Changes lists the config decisions, Warnings the hazards.
 	Changes  []configmerge.Change `json:"changes"`
 	Warnings []Warning            `json:"warnings"`
+	// KeptValues lists config values the image set itself and keeps
+	// although the base changed them.
+	KeptValues []configmerge.Change `json:"keptValues,omitempty"`
+	// HistoryStyle tells whether the image's history was replayed
+	// ("as-written", "expanded") or the config merged three ways only
+	// ("unknown").
+	HistoryStyle configmerge.Style `json:"historyStyle"`
 }
 
 // New computes the plan for in. It returns a *RefusedError when the image
@@ -104,13 +111,13 @@ func New(in Input) (*Plan, error) {
 		ImageDigest:     img.Descriptor.Digest,
 		ImageDescriptor: img.Descriptor,
 		ImageManifest:   img.RawManifest,
-		OldBase:     BaseRef{Ref: old.Ref, Digest: old.Digest, Layers: len(old.Layers)},
-		NewBase:     BaseRef{Ref: nw.Ref, Digest: nw.Digest, Layers: len(nw.Layers)},
-		Removed:     old.Layers,
-		Added:       nw.Layers,
-		Kept:        img.Manifest.Layers[len(old.Layers):],
-		Changes:     []configmerge.Change{},
-		Warnings:    []Warning{},
+		OldBase:         BaseRef{Ref: old.Ref, Digest: old.Digest, Layers: len(old.Layers)},
+		NewBase:         BaseRef{Ref: nw.Ref, Digest: nw.Digest, Layers: len(nw.Layers)},
+		Removed:         old.Layers,
+		Added:           nw.Layers,
+		Kept:            img.Manifest.Layers[len(old.Layers):],
+		Changes:         []configmerge.Change{},
+		Warnings:        []Warning{},
 	}
 
 	config, err := p.config(img, old, nw)
@@ -173,10 +180,15 @@ func (p *Plan) config(img *manifest.Image, old, nw *Base) ([]byte, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", img.Ref, err)
 	}
+	// The application's own history entries, replayed by the merge when
+	// the boundary with the old base's is certain.
+	var own []v1.History
 	if len(hist) > 0 {
 		start, warn := historyBoundary(img.Config.History, old)
 		if warn != "" {
 			p.Warnings = append(p.Warnings, Warning{Code: "history-boundary", Message: warn})
+		} else if start <= len(img.Config.History) {
+			own = append([]v1.History{}, img.Config.History[start:]...)
 		}
 		newHist := append(append([]json.RawMessage{}, nw.RawHistory...), hist[start:]...)
 		if err := setJSON(top, "history", newHist); err != nil {
@@ -196,12 +208,21 @@ func (p *Plan) config(img *manifest.Image, old, nw *Base) ([]byte, error) {
 	if oldCfg == nil {
 		oldCfg = img.Config
 	}
-	merged, err := configmerge.Merge(configmerge.Input{Old: oldCfg, App: img.Config, New: nw.Config})
+	merged, err := configmerge.Merge(configmerge.Input{Old: oldCfg, App: img.Config, New: nw.Config, History: own})
 	if err != nil {
 		return nil, err
 	}
 	p.Changes = append(p.Changes, merged.Changes...)
+	p.KeptValues = append(p.KeptValues, merged.Kept...)
 	p.Warnings = append(p.Warnings, merged.Warnings...)
+	p.HistoryStyle = merged.Style
+	if merged.Author != img.Config.Author {
+		if merged.Author == "" {
+			delete(top, "author")
+		} else if err := setJSON(top, "author", merged.Author); err != nil {
+			return nil, err
+		}
+	}
 	if err := patchContainerConfig(top, img.Config.Config, merged.Config); err != nil {
 		return nil, fmt.Errorf("%s: %w", img.Ref, err)
 	}
@@ -383,9 +404,12 @@ func (p *Plan) Explain(w io.Writer) {
 	for i, l := range p.Kept {
 		fmt.Fprintf(w, "  = %2d %s  application, kept\n", len(p.Added)+i+1, l.Digest)
 	}
-	if len(p.Changes) > 0 {
-		fmt.Fprintln(w, "config:")
+	if len(p.Changes) > 0 || len(p.KeptValues) > 0 {
+		fmt.Fprintf(w, "config (%s):\n", historyNote(p.HistoryStyle))
 		for _, c := range p.Changes {
+			fmt.Fprintf(w, "  %s\n", c)
+		}
+		for _, c := range p.KeptValues {
 			fmt.Fprintf(w, "  %s\n", c)
 		}
 	}
@@ -393,6 +417,16 @@ func (p *Plan) Explain(w io.Writer) {
 		fmt.Fprintf(w, "warning: %s\n", wn.Message)
 	}
 	fmt.Fprintf(w, "result    %s (%s manifest, %d bytes)\n", p.ManifestDescriptor.Digest, p.Family, p.ManifestDescriptor.Size)
+}
+
+func historyNote(s configmerge.Style) string {
+	switch s {
+	case configmerge.StyleAsWritten:
+		return "the image's instructions replayed from its history"
+	case configmerge.StyleExpanded:
+		return "the image's instructions replayed from its expanded (BuildKit) history"
+	}
+	return "three-way merge; the history records no instructions to replay"
 }
 
 func digestSuffix(h v1.Hash) string {

@@ -20,6 +20,8 @@ import (
 	"github.com/google/go-containerregistry/pkg/authn"
 	"github.com/google/go-containerregistry/pkg/name"
 	"github.com/google/go-containerregistry/pkg/v1/remote/transport"
+
+	"github.com/image-rebase/image-rebase/engine"
 )
 
 // Options configure a Client.
@@ -230,6 +232,28 @@ func (e *AccessError) Error() string {
 
 // Unwrap returns the cause.
 func (e *AccessError) Unwrap() error { return e.Err }
+
+// Is matches engine.ErrNotFound when the registry answered that the
+// manifest, blob or repository does not exist.
+func (e *AccessError) Is(target error) bool {
+	if target != engine.ErrNotFound {
+		return false
+	}
+	var te *transport.Error
+	if !errors.As(e.Err, &te) {
+		return false
+	}
+	if te.StatusCode == http.StatusNotFound {
+		return true
+	}
+	for _, d := range te.Errors {
+		switch d.Code {
+		case transport.ManifestUnknownErrorCode, transport.NameUnknownErrorCode, transport.BlobUnknownErrorCode:
+			return true
+		}
+	}
+	return false
+}
 
 // describe shortens go-containerregistry's errors to one line.
 func describe(err error) string {
