@@ -59,6 +59,7 @@ type rebaseFlags struct {
 	platforms          []string
 	keepOtherPlatforms bool
 	keepAttestations   bool
+	checkSignatures    bool
 }
 
 // NewCommand returns the root command: a single rebase, with the demo
@@ -127,6 +128,7 @@ from a local target are copied there.`,
 	fl.StringArrayVar(&f.platforms, "platform", nil, "rebase only this platform of an index (os/arch[/variant]; repeatable)")
 	fl.BoolVar(&f.keepOtherPlatforms, "keep-other-platforms", false, "keep the platforms --platform leaves out unchanged in the new index")
 	fl.BoolVar(&f.keepAttestations, "keep-attestations", false, "keep an index's attestation manifests (they describe the old images)")
+	fl.BoolVar(&f.checkSignatures, "check-signatures", false, "warn when the rebase invalidates signatures of a single-platform IMAGE (cosign tags, OCI referrers); always done for an index and with -v")
 	addConnectionFlags(cmd, &f.insecure, &f.verbose, &f.timeout)
 	cmd.AddCommand(newDemoCommand(stdout, stderr))
 	cmd.AddCommand(newGitOpsCommand(stdout, stderr))
@@ -288,6 +290,7 @@ func buildRequest(refs *locate.Resolver, image string, f *rebaseFlags) (engine.R
 	}
 	req.DryRun, req.Force, req.AllowCopy, req.Strict = f.dryRun || f.check, f.force, f.allowCopy, f.strict
 	req.KeepOtherPlatforms, req.KeepAttestations = f.keepOtherPlatforms, f.keepAttestations
+	req.CheckSignatures = f.checkSignatures || f.verbose
 	if f.backupTag != "" {
 		if req.Image.Tag == "" {
 			return req, usagef("--backup-tag needs IMAGE named by tag")
@@ -347,10 +350,13 @@ func printResult(w io.Writer, f *rebaseFlags, res *engine.Result) error {
 			p.Plan.Explain(w)
 		}
 	}
-	if !explain || res.Plan == nil {
-		for _, wn := range res.Warnings {
-			fmt.Fprintf(w, "warning: %s\n", wn.Message)
-		}
+	warnings := res.Warnings
+	if explain && res.Plan != nil {
+		// The plan's own warnings were explained; the rest (signatures) follow.
+		warnings = warnings[min(len(res.Plan.Warnings), len(warnings)):]
+	}
+	for _, wn := range warnings {
+		fmt.Fprintf(w, "warning: %s\n", wn.Message)
 	}
 	for _, p := range res.Platforms {
 		fmt.Fprintf(w, "  %-14s %s  %s → %s\n", p.Platform, p.Action, p.Before, p.After)

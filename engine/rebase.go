@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"sync"
 
@@ -49,6 +50,10 @@ type Request struct {
 	// KeepAttestations keeps an index's attestation manifests (which
 	// describe the old images); by default they are dropped with a warning.
 	KeepAttestations bool
+	// CheckSignatures looks for the single-platform image's signatures
+	// (cosign tags, OCI referrers) to warn that the rebase invalidates them.
+	// An index is always checked.
+	CheckSignatures bool
 	// BackupTag, when set, tags the image as it was read before the target
 	// tag moves, so that a registry garbage collection cannot take it.
 	BackupTag string
@@ -123,7 +128,8 @@ func (e *TargetExistsError) Error() string {
 // opening of the config upload when a write is likely), the blobs and the
 // config, the manifest. Indexes are rebased platform by platform. Without
 // req.From the old base is found from the image (see Detect): two rounds
-// more, as the label that names the base is in the image's config.
+// more, as the label that names the base is in the image's config. The
+// image's signatures are looked for alongside (see CheckSignatures).
 func Rebase(ctx context.Context, req Request) (*Result, error) {
 	target, err := writableTarget(req)
 	if err != nil {
@@ -152,6 +158,7 @@ func Rebase(ctx context.Context, req Request) (*Result, error) {
 	if existing.exists && !req.Force {
 		return nil, &TargetExistsError{Target: req.Target.String(), Digest: existing.digest}
 	}
+	sigs := startSignatureCheck(ctx, req, docs[0])
 	var res *Result
 	if req.From.Repo == nil {
 		res, err = rebaseDetected(ctx, req, target, docs[0], docs[2])
@@ -162,6 +169,9 @@ func Rebase(ctx context.Context, req Request) (*Result, error) {
 	}
 	if res != nil && existing.exists {
 		res.Replaced = &existing.digest
+	}
+	if w := sigs.warnings(res); err == nil && len(w) > 0 {
+		res.Warnings = append(slices.Clone(res.Warnings), w...)
 	}
 	return res, err
 }

@@ -107,3 +107,12 @@ func (l Location) String() string {
 	}
 	return l.Repo.Name() + ":" + l.Tag
 }
+
+// SignatureLister is implemented by repositories that can find what signs
+// or describes an image (cosign signature tags, OCI referrers). It is
+// optional: without it the engine does not look for signatures.
+type SignatureLister interface {
+	// Signatures describes, one entry per kind, what refers to the image
+	// with digest d; none means nothing was found.
+	Signatures(ctx context.Context, d v1.Hash) ([]string, error)
+}

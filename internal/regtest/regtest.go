@@ -89,6 +89,7 @@ type options struct {
 	wrap       func(http.Handler) http.Handler
 	tls        bool
 	token      bool
+	urls       []string
 }
 
 // Option configures Start.
@@ -127,6 +128,13 @@ func WithTLS() Option {
 // refuse to store, or to refuse some requests.
 func WithHandler(wrap func(http.Handler) http.Handler) Option {
 	return func(o *options) { o.wrap = wrap }
+}
+
+// WithAllowedURLs lets manifests carry layer urls matching these regular
+// expressions (Distribution's validation.manifests.urls.allow): foreign
+// layers, as in Windows images. By default Distribution refuses every url.
+func WithAllowedURLs(patterns ...string) Option {
+	return func(o *options) { o.urls = append(o.urls, patterns...) }
 }
 
 // Start runs a registry until the test ends.
@@ -168,6 +176,9 @@ func Start(t testing.TB, opts ...Option) *Registry {
 			t.Fatal(err)
 		}
 		cfg.Auth = configuration.Auth{"htpasswd": configuration.Parameters{"realm": "regtest", "path": file}}
+	}
+	if len(o.urls) > 0 {
+		cfg.Validation.Manifests.URLs.Allow = o.urls
 	}
 	app := handlers.NewApp(context.Background(), cfg)
 	var h http.Handler = app
