@@ -104,7 +104,7 @@ func (c *Choice) Decide(in Input) (*Decision, error) {
 	// The old base's manifest may still exist (same base named by the
 	// annotation): it gives the exact old config.
 	if in.Old != nil {
-		if len(in.Old.Manifest.Layers) == layers && hasPrefix(img.Manifest.Layers, in.Old.Manifest.Layers) {
+		if len(in.Old.Manifest.Layers) == layers && rebase.HasLayerPrefix(img.Manifest.Layers, in.Old.Manifest.Layers) {
 			return d.fromOldImage(img, in.Old)
 		}
 		d.Warnings = append(d.Warnings, Warning{Code: "base-sources-disagree", Message: fmt.Sprintf(
@@ -126,7 +126,7 @@ func (c *Choice) Decide(in Input) (*Decision, error) {
 
 // fromOldImage takes the old base's own manifest and config.
 func (d *Decision) fromOldImage(img, old *manifest.Image) (*Decision, error) {
-	if !hasPrefix(img.Manifest.Layers, old.Manifest.Layers) {
+	if !rebase.HasLayerPrefix(img.Manifest.Layers, old.Manifest.Layers) {
 		return nil, refuse("%s is not built on %s (named by its %s annotation): the layers differ; pass --from-base or --layers", img.Ref, old.Ref, manifest.BaseDigestAnnotation)
 	}
 	b, err := rebase.BaseFromImage(old)
@@ -175,18 +175,6 @@ func countEntries(hist []v1.History, layers int) int {
 		}
 	}
 	return len(hist)
-}
-
-func hasPrefix(layers, prefix []v1.Descriptor) bool {
-	if len(prefix) > len(layers) {
-		return false
-	}
-	for i := range prefix {
-		if layers[i].Digest != prefix[i].Digest {
-			return false
-		}
-	}
-	return true
 }
 
 func orText(s, def string) string {

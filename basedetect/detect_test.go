@@ -297,7 +297,7 @@ func TestDecide(t *testing.T) {
 			if tt.warning != "" && (len(d.Warnings) == 0 || !strings.Contains(d.Warnings[0].Message, tt.warning)) {
 				t.Errorf("warnings %v, want %q", d.Warnings, tt.warning)
 			}
-			if len(d.Old.Layers) != d.Layers || !hasPrefix(img.Manifest.Layers, d.Old.Layers) {
+			if len(d.Old.Layers) != d.Layers || !rebase.HasLayerPrefix(img.Manifest.Layers, d.Old.Layers) {
 				t.Errorf("old base layers %v are not the image's bottom %d", d.Old.Layers, d.Layers)
 			}
 			if !tt.oldDigest && (d.Old.Digest != v1.Hash{} || len(d.Old.Config.History) != d.Entries || len(d.Old.RawHistory) != d.Entries || len(d.Old.Config.RootFS.DiffIDs) != d.Layers) {

@@ -3,6 +3,7 @@ package basedetect
 import (
 	"encoding/json"
 	"fmt"
+	"maps"
 	"slices"
 	"strings"
 
@@ -71,7 +72,7 @@ func removeOwnSettings(c *v1.Config, own []v1.History) ([]string, bool) {
 			if !ok {
 				return nil, false
 			}
-			for k := range kv {
+			for _, k := range slices.Sorted(maps.Keys(kv)) {
 				if in.keyword == "ENV" {
 					c.Env = slices.DeleteFunc(c.Env, func(e string) bool { return strings.SplitN(e, "=", 2)[0] == k })
 					add("ENV " + k)

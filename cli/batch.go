@@ -16,6 +16,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/image-rebase/image-rebase/engine"
+	"github.com/image-rebase/image-rebase/locate"
 	"github.com/image-rebase/image-rebase/registry"
 )
 
@@ -152,6 +153,8 @@ func runBatch(ctx context.Context, f *batchFlags, changed func(string) bool, arg
 		opts.Log = stderr
 	}
 	client := registry.New(opts)
+	refs := &locate.Resolver{Registry: client, DefaultRegistry: defaultReg}
+	defer refs.Close()
 
 	items, err := batchItems(ctx, client, defaultReg, f, args, stdin)
 	if err != nil {
@@ -173,7 +176,7 @@ func runBatch(ctx context.Context, f *batchFlags, changed func(string) bool, arg
 		if it.from != "" || it.to != "" {
 			fl.fromBase, fl.toBase = it.from, it.to
 		}
-		if reqs[i], err = buildRequest(client, defaultReg, it.ref, &fl); err != nil {
+		if reqs[i], err = buildRequest(refs, it.ref, &fl); err != nil {
 			return usagef(fmt.Sprintf("%s: %v", it.origin, err))
 		}
 	}

@@ -361,3 +361,33 @@ func TestAuthorizationNotSentOnRedirect(t *testing.T) {
 		t.Fatalf("%d redirected requests carried an Authorization header", leaked.Load())
 	}
 }
+
+// TestBearerTokenAuthAndTLS: a registry behind TLS that hands out bearer
+// tokens, as hosted registries do; credentials from the Docker config, the
+// certificate trusted through SSL_CERT_FILE.
+func TestBearerTokenAuthAndTLS(t *testing.T) {
+	reg := regtest.Start(t, regtest.WithTLS(), regtest.WithBasicAuth("carol", "t0ken-pass"), regtest.WithTokenAuth())
+	fixture(t, reg)
+	t.Setenv("DOCKER_CONFIG", reg.DockerConfigDir(t))
+	t.Setenv("SSL_CERT_FILE", reg.CAFile(t))
+	before := reg.Snapshot(t)
+	code, out, stderr := run(t, reg.Host+"/app:1", "--from-base", reg.Host+"/base:1", "--to-base", reg.Host+"/base:2", "-v", "-o", "json")
+	if code != 0 {
+		t.Fatalf("exit %d: %s", code, stderr)
+	}
+	if strings.Contains(out+stderr, "t0ken-pass") {
+		t.Fatal("the password leaked into the output")
+	}
+	if after := reg.Snapshot(t); after["app:1"] == before["app:1"] {
+		t.Fatal("app:1 did not move")
+	}
+	if !strings.Contains(stderr, "https://"+reg.Host+"/v2/") {
+		t.Errorf("not over HTTPS? %s", stderr)
+	}
+	scopes := strings.Join(reg.TokenScopes(), " ")
+	for _, want := range []string{"repository:app:push,pull", "repository:base:pull"} {
+		if !strings.Contains(scopes, want) {
+			t.Errorf("token scopes %q lack %q", scopes, want)
+		}
+	}
+}

@@ -4,7 +4,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"os"
 	"strings"
 	"time"
 
@@ -27,18 +26,8 @@ type batchPrinter struct {
 }
 
 func newBatchPrinter(f *batchFlags, total int, stdout, stderr io.Writer) *batchPrinter {
-	return &batchPrinter{f: f, total: total, out: stdout, err: stderr, live: f.output == "text" && isTerminal(stderr),
+	return &batchPrinter{f: f, total: total, out: stdout, err: stderr, live: f.output == "text" && terminal(stderr) != nil,
 		start: time.Now(), counts: map[string]int{}}
-}
-
-// isTerminal reports whether w is a character device (a terminal).
-func isTerminal(w io.Writer) bool {
-	f, ok := w.(*os.File)
-	if !ok {
-		return false
-	}
-	st, err := f.Stat()
-	return err == nil && st.Mode()&os.ModeCharDevice != 0
 }
 
 func (p *batchPrinter) done() int {
@@ -83,13 +72,6 @@ func (p *batchPrinter) line(w io.Writer, o batchOutcome) {
 	default:
 		fmt.Fprintf(w, "%-12s %s\n", o.Action, o.Image)
 	}
-}
-
-func short(digest string) string {
-	if i := strings.IndexByte(digest, ':'); i >= 0 && len(digest) > i+13 {
-		return digest[:i+13]
-	}
-	return digest
 }
 
 // countsText renders the counts, e.g. "97 rebased, 2 up to date, 1 failed".

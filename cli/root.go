@@ -17,6 +17,7 @@ import (
 
 	"github.com/image-rebase/image-rebase/basedetect"
 	"github.com/image-rebase/image-rebase/engine"
+	"github.com/image-rebase/image-rebase/locate"
 	"github.com/image-rebase/image-rebase/manifest"
 	"github.com/image-rebase/image-rebase/platform"
 	"github.com/image-rebase/image-rebase/registry"
@@ -58,6 +59,7 @@ type rebaseFlags struct {
 	platforms          []string
 	keepOtherPlatforms bool
 	keepAttestations   bool
+	checkSignatures    bool
 }
 
 // NewCommand returns the root command: a single rebase, with the demo
@@ -81,13 +83,20 @@ entries are its own), the label that names the base (LABEL FROM=base:1 right
 after FROM; -l names another label), the OCI base annotations
 (org.opencontainers.image.base.name and .digest), and, with --to-base alone,
 NEW's history matched against the image's. IMAGE alone rebases onto the
-current image of the base it names, or says it is up to date.`,
+current image of the base it names, or says it is up to date.
+
+Any of IMAGE, OLD, NEW and -t may also name local storage, mixed freely with
+registries: oci:DIR[:TAG] (OCI image layout), oci-archive:FILE[:TAG] and
+docker-archive:FILE[:NAME:TAG] (docker save / docker load). Layers missing
+from a local target are copied there.`,
 		Example: `  image-rebase localhost:5000 app:1                   # the base the image names (label FROM, annotations)
   image-rebase localhost:5000 app:1 --check           # exit 0 up to date, 10 a rebase is due
   image-rebase localhost:5000 app:1 --layers 3 --to-base base:2
   image-rebase localhost:5000 app:1 --from-base base:1 --to-base base:2
   image-rebase registry.example.com/team/app:1 \
-      --from-base registry.example.com/base:1 --to-base registry.example.com/base:2 -t 1-rebased`,
+      --from-base registry.example.com/base:1 --to-base registry.example.com/base:2 -t 1-rebased
+  image-rebase oci:build/layout:app --from-base oci:build/layout:base-1 \
+      --to-base registry.example.com/base:2 -t registry.example.com/team/app:1 --allow-copy`,
 		Args: func(cmd *cobra.Command, args []string) error {
 			if err := cobra.RangeArgs(1, 2)(cmd, args); err != nil {
 				return usagef(err.Error() + "; usage: image-rebase [REGISTRY] IMAGE [--from-base OLD] [--to-base NEW] [--layers N] [-l LABEL]")
@@ -119,8 +128,10 @@ current image of the base it names, or says it is up to date.`,
 	fl.StringArrayVar(&f.platforms, "platform", nil, "rebase only this platform of an index (os/arch[/variant]; repeatable)")
 	fl.BoolVar(&f.keepOtherPlatforms, "keep-other-platforms", false, "keep the platforms --platform leaves out unchanged in the new index")
 	fl.BoolVar(&f.keepAttestations, "keep-attestations", false, "keep an index's attestation manifests (they describe the old images)")
+	fl.BoolVar(&f.checkSignatures, "check-signatures", false, "warn when the rebase invalidates signatures of a single-platform IMAGE (cosign tags, OCI referrers); always done for an index and with -v")
 	addConnectionFlags(cmd, &f.insecure, &f.verbose, &f.timeout)
 	cmd.AddCommand(newDemoCommand(stdout, stderr), newBatchCommand(stdout, stderr), newScanCommand(stdout, stderr))
+	cmd.AddCommand(newGitOpsCommand(stdout, stderr))
 	return cmd
 }
 
@@ -201,7 +212,9 @@ func runRebase(ctx context.Context, f *rebaseFlags, cmdFlags func(string) bool, 
 		opts.Log = stderr
 	}
 	client := registry.New(opts)
-	req, err := buildRequest(client, defaultReg, args[0], f)
+	refs := &locate.Resolver{Registry: client, DefaultRegistry: defaultReg, Progress: terminal(stderr)}
+	defer refs.Close()
+	req, err := buildRequest(refs, args[0], f)
 	if err != nil {
 		return err
 	}
@@ -226,11 +239,11 @@ func runRebase(ctx context.Context, f *rebaseFlags, cmdFlags func(string) bool, 
 
 // buildRequest parses every reference before any request is made, so that a
 // malformed one fails without touching a registry.
-func buildRequest(client *registry.Client, defaultReg, image string, f *rebaseFlags) (engine.Request, error) {
+func buildRequest(refs *locate.Resolver, image string, f *rebaseFlags) (engine.Request, error) {
 	var req engine.Request
 	var err error
 	parse := func(what, ref string, write bool) (engine.Location, error) {
-		loc, err := client.Parse(ref, defaultReg, write)
+		loc, err := refs.Parse(ref, write)
 		if err != nil {
 			return loc, usagef(fmt.Sprintf("%s: %v", what, err))
 		}
@@ -254,17 +267,17 @@ func buildRequest(client *registry.Client, defaultReg, image string, f *rebaseFl
 		if relative {
 			// A label names the base relative to REGISTRY, or else to the
 			// image's own registry.
-			reg = defaultReg
+			reg = refs.DefaultRegistry
 			if r, ok := req.Image.Repo.(interface{ Registry() string }); ok && reg == "" {
 				reg = r.Registry()
 			}
 		}
-		return client.Parse(ref, reg, false)
+		return refs.Registry.Parse(ref, reg, false)
 	}}
 	req.Target = req.Image
 	if f.tag != "" {
 		if isBareTag(f.tag) {
-			req.Target, err = parse("--tag", req.Image.Repo.Name()+":"+f.tag, !(f.dryRun || f.check))
+			req.Target, err = parse("--tag", locate.WithTag(req.Image, f.tag), !(f.dryRun || f.check))
 		} else {
 			req.Target, err = parse("--tag", f.tag, !(f.dryRun || f.check))
 		}
@@ -277,6 +290,7 @@ func buildRequest(client *registry.Client, defaultReg, image string, f *rebaseFl
 	}
 	req.DryRun, req.Force, req.AllowCopy, req.Strict = f.dryRun || f.check, f.force, f.allowCopy, f.strict
 	req.KeepOtherPlatforms, req.KeepAttestations = f.keepOtherPlatforms, f.keepAttestations
+	req.CheckSignatures = f.checkSignatures || f.verbose
 	if f.backupTag != "" {
 		if req.Image.Tag == "" {
 			return req, usagef("--backup-tag needs IMAGE named by tag")
@@ -294,6 +308,19 @@ func buildRequest(client *registry.Client, defaultReg, image string, f *rebaseFl
 		req.Platforms = append(req.Platforms, p)
 	}
 	return req, nil
+}
+
+// terminal returns w when it is a terminal (for progress lines), else nil.
+func terminal(w io.Writer) io.Writer {
+	f, ok := w.(*os.File)
+	if !ok {
+		return nil
+	}
+	fi, err := f.Stat()
+	if err != nil || fi.Mode()&os.ModeCharDevice == 0 {
+		return nil
+	}
+	return w
 }
 
 // isBareTag tells a tag ("1.2-rebased") from a reference ("app:1", "host/app").
@@ -323,10 +350,13 @@ func printResult(w io.Writer, f *rebaseFlags, res *engine.Result) error {
 			p.Plan.Explain(w)
 		}
 	}
-	if !explain || res.Plan == nil {
-		for _, wn := range res.Warnings {
-			fmt.Fprintf(w, "warning: %s\n", wn.Message)
-		}
+	warnings := res.Warnings
+	if explain && res.Plan != nil {
+		// The plan's own warnings were explained; the rest (signatures) follow.
+		warnings = warnings[min(len(res.Plan.Warnings), len(warnings)):]
+	}
+	for _, wn := range warnings {
+		fmt.Fprintf(w, "warning: %s\n", wn.Message)
 	}
 	for _, p := range res.Platforms {
 		fmt.Fprintf(w, "  %-14s %s  %s → %s\n", p.Platform, p.Action, p.Before, p.After)

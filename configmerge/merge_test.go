@@ -502,6 +502,25 @@ func TestOSRelease(t *testing.T) {
 	}
 }
 
+func TestEmbeddedValueNamesTheLongestOldValue(t *testing.T) {
+	app := appOn(baseV1, func(c *v1.Config) { setEnv(c, "JAVA_BIN=/opt/java/17/bin") })
+	r, err := Merge(Input{Old: cfg(baseV1), App: cfg(app), New: cfg(baseV2)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(r.Warnings) != 1 || !strings.Contains(r.Warnings[0].Message, "value of JAVA_HOME") {
+		t.Errorf("warnings %+v", r.Warnings)
+	}
+	for _, tc := range []struct {
+		s, sub string
+		want   bool
+	}{{"from 1", "1", true}, {"1.5", "1", false}, {"/opt/java/17/bin", "/opt/java/17", true}, {"v10", "1", false}, {"a 1", "1", true}} {
+		if got := containsWord(tc.s, tc.sub); got != tc.want {
+			t.Errorf("containsWord(%q, %q) = %v", tc.s, tc.sub, got)
+		}
+	}
+}
+
 func TestMergeNeedsAllConfigs(t *testing.T) {
 	if _, err := Merge(Input{Old: cfg(baseV1), App: cfg(baseV1)}); err == nil {
 		t.Error("no error without the new base")

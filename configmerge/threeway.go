@@ -202,21 +202,23 @@ func rebasePart(v, old, nw string) (string, bool) {
 }
 
 // embedsChanged finds in v, at word boundaries, the old base's value of a
-// variable (other than skip) that the new base changes.
+// variable (other than skip) that the new base changes; the longest such
+// value when several are found.
 func embedsChanged(v, skip string, oEnv, nEnv map[string]string) (string, string, bool) {
+	best, bestVal := "", ""
 	for _, j := range slices.Sorted(maps.Keys(oEnv)) {
 		ov := oEnv[j]
-		if j == skip || ov == "" {
+		if j == skip || ov == "" || len(ov) <= len(bestVal) {
 			continue
 		}
 		if nv, ok := nEnv[j]; ok && nv == ov {
 			continue
 		}
 		if containsWord(v, ov) {
-			return j, ov, true
+			best, bestVal = j, ov
 		}
 	}
-	return "", "", false
+	return best, bestVal, best != ""
 }
 
 // containsWord reports whether s contains sub as a whole word: no letter,

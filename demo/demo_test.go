@@ -17,7 +17,7 @@ func TestRunRebasesTheSampleApp(t *testing.T) {
 	if !ok {
 		t.Fatalf("no after section:\n%s", got)
 	}
-	for _, want := range []string{"etc/os-release (VERSION_ID=1.1 (fixed))", "app/server (the application)", "BASE_VERSION=2", "APP_MODE=production", `["/app/server"]`} {
+	for _, want := range []string{"etc/os-release (VERSION_ID=1.1 (fixed))", "app/server (the application)", "BASE_VERSION=2.0", "APP_MODE=production", `["/app/server"]`} {
 		if !strings.Contains(after, want) {
 			t.Errorf("after the rebase, want %q in:\n%s", want, after)
 		}

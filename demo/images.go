@@ -25,7 +25,7 @@ func sampleImages() ([]sample, error) {
 			testimage.Copy("ADD rootfs.tar /", map[string]string{"etc/os-release": osRelease, "bin/sh": "#!shell " + version}),
 			testimage.Copy("COPY ca-certificates /etc/ssl/", map[string]string{"etc/ssl/certs.pem": "certs " + version}),
 			testimage.Copy("COPY libc /lib/", map[string]string{"lib/libc.so": "libc " + version}),
-			testimage.Env("PATH=/usr/bin:/bin", "BASE_VERSION="+version),
+			testimage.Env("PATH=/usr/bin:/bin", "BASE_VERSION="+version+".0"),
 			testimage.Label("org.example.base", version),
 			testimage.Cmd("/bin/sh"),
 		)
@@ -48,8 +48,8 @@ func sampleImages() ([]sample, error) {
 		return nil, err
 	}
 	return []sample{
-		{"base:1", "3 layers, BASE_VERSION=1", b1},
-		{"base:2", "3 new layers, BASE_VERSION=2 (the security fix)", b2},
+		{"base:1", "3 layers, BASE_VERSION=1.0", b1},
+		{"base:2", "3 new layers, BASE_VERSION=2.0 (the security fix)", b2},
 		{"app:1", "base:1 + 1 layer, CMD /app/server", app},
 	}, nil
 }

@@ -100,7 +100,7 @@ func rebaseDetectedIn(ctx context.Context, req Request, target WritableRepo, img
 				return
 			}
 		}
-		if target != nil && (to.kind != manifest.KindImage || !hasPrefix(img.image.Manifest.Layers, to.image.Manifest.Layers)) {
+		if target != nil && (to.kind != manifest.KindImage || !rebase.HasLayerPrefix(img.image.Manifest.Layers, to.image.Manifest.Layers)) {
 			wg.Go(func() { session, sessionErr = target.StartUpload(ctx) })
 		}
 		nw, nwErr = cache.forPlatform(ctx, to, p)

@@ -159,11 +159,11 @@ func faultMatrix(t *testing.T, reg *regtest.Registry, reset func(), wantLayers i
 
 	// A clean run lists the requests a rebase makes.
 	var keys []string
-	var keysMu sync.Mutex // the proxy serves requests concurrently
+	var mu sync.Mutex
 	rec := func(n int, r *http.Request) proxytest.Fault {
-		keysMu.Lock()
-		defer keysMu.Unlock()
+		mu.Lock()
 		keys = append(keys, key(r))
+		mu.Unlock()
 		return proxytest.Fault{}
 	}
 	inject.Store(&rec)

@@ -12,6 +12,7 @@ import (
 
 	"github.com/image-rebase/image-rebase/manifest"
 	"github.com/image-rebase/image-rebase/platform"
+	"github.com/image-rebase/image-rebase/rebase"
 )
 
 // doc is one manifest document as fetched: an image manifest or an index.
@@ -128,6 +129,16 @@ type noPlatformError struct {
 
 func (e *noPlatformError) Error() string {
 	return fmt.Sprintf("%s has no %s image (it has %s)", e.ref, e.want, strings.Join(e.have, ", "))
+}
+
+// As makes a missing platform a refusal (exit code 4): the images were
+// read, the rebase cannot be done as asked.
+func (e *noPlatformError) As(target any) bool {
+	if t, ok := target.(**rebase.RefusedError); ok {
+		*t = &rebase.RefusedError{Reason: e.Error()}
+		return true
+	}
+	return false
 }
 
 // imageCache fetches each image (manifest and config) once per run, however

@@ -70,22 +70,23 @@ func rebaseIndexIn(ctx context.Context, req Request, target WritableRepo, img, f
 	var wg sync.WaitGroup
 	for i, w := range work {
 		wg.Go(func() {
-			app, err := cache.get(ctx, req.Image.Repo, w.desc.Digest, fmt.Sprintf("%s [%s]", req.Image, w.name))
-			if err != nil {
-				errs[i] = err
-				return
-			}
+			// The index says the platform: the bases' images are fetched
+			// alongside the image's, not after it.
 			p := *w.desc.Platform
-			var old, nw *manifest.Image
-			var oerr, nerr error
+			var app, old, nw *manifest.Image
+			var aerr, oerr, nerr error
 			var inner sync.WaitGroup
+			inner.Go(func() {
+				app, aerr = cache.get(ctx, req.Image.Repo, w.desc.Digest, fmt.Sprintf("%s [%s]", req.Image, w.name))
+			})
 			inner.Go(func() { old, oerr = bases.forPlatform(ctx, from, p) })
 			inner.Go(func() { nw, nerr = bases.forPlatform(ctx, to, p) })
 			inner.Wait()
-			if err := firstError(oerr, nerr); err != nil {
+			if err := firstError(aerr, oerr, nerr); err != nil {
 				errs[i] = err
 				return
 			}
+			var err error
 			if w.plan, err = Plan(app, old, nw); err != nil {
 				errs[i] = fmt.Errorf("platform %s: %w", w.name, err)
 			}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"sync"
 
@@ -49,6 +50,10 @@ type Request struct {
 	// KeepAttestations keeps an index's attestation manifests (which
 	// describe the old images); by default they are dropped with a warning.
 	KeepAttestations bool
+	// CheckSignatures looks for the single-platform image's signatures
+	// (cosign tags, OCI referrers) to warn that the rebase invalidates them.
+	// An index is always checked.
+	CheckSignatures bool
 	// BackupTag, when set, tags the image as it was read before the target
 	// tag moves, so that a registry garbage collection cannot take it.
 	BackupTag string
@@ -121,7 +126,10 @@ func (e *TargetExistsError) Error() string {
 // concurrently, in four rounds for a single-platform image: the manifests
 // (with the target tag when it is not the image), the configs (with the
 // opening of the config upload when a write is likely), the blobs and the
-// config, the manifest. Indexes are rebased platform by platform.
+// config, the manifest. Indexes are rebased platform by platform. Without
+// req.From the old base is found from the image (see Detect): two rounds
+// more, as the label that names the base is in the image's config. The
+// image's signatures are looked for alongside (see CheckSignatures).
 func Rebase(ctx context.Context, req Request) (*Result, error) {
 	target, err := writableTarget(req)
 	if err != nil {
@@ -150,6 +158,7 @@ func Rebase(ctx context.Context, req Request) (*Result, error) {
 	if existing.exists && !req.Force {
 		return nil, &TargetExistsError{Target: req.Target.String(), Digest: existing.digest}
 	}
+	sigs := startSignatureCheck(ctx, req, docs[0])
 	var res *Result
 	if req.From.Repo == nil {
 		res, err = rebaseDetected(ctx, req, target, docs[0], docs[2])
@@ -160,6 +169,9 @@ func Rebase(ctx context.Context, req Request) (*Result, error) {
 	}
 	if res != nil && existing.exists {
 		res.Replaced = &existing.digest
+	}
+	if w := sigs.warnings(res); err == nil && len(w) > 0 {
+		res.Warnings = append(slices.Clone(res.Warnings), w...)
 	}
 	return res, err
 }
@@ -183,7 +195,7 @@ func rebaseImageIn(ctx context.Context, req Request, target WritableRepo, img, f
 			wg.Go(func() { errs[i] = d.config(ctx) })
 		}
 	}
-	if target != nil && (to.kind != manifest.KindImage || !hasPrefix(img.image.Manifest.Layers, to.image.Manifest.Layers)) {
+	if target != nil && (to.kind != manifest.KindImage || !rebase.HasLayerPrefix(img.image.Manifest.Layers, to.image.Manifest.Layers)) {
 		wg.Go(func() { session, sessionErr = target.StartUpload(ctx) })
 	}
 	wg.Wait()
@@ -266,18 +278,6 @@ func firstError(errs ...error) error {
 		}
 	}
 	return nil
-}
-
-func hasPrefix(layers, prefix []v1.Descriptor) bool {
-	if len(prefix) > len(layers) {
-		return false
-	}
-	for i := range prefix {
-		if layers[i].Digest != prefix[i].Digest {
-			return false
-		}
-	}
-	return true
 }
 
 // Apply writes a plan to req.Target: the blobs the target lacks (mounted)

@@ -7,6 +7,7 @@ package engine
 import (
 	"context"
 	"errors"
+	"io"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 )
@@ -45,6 +46,15 @@ type WritableRepo interface {
 	// Resolve returns the digest a tag names now, and false when the tag
 	// does not exist.
 	Resolve(ctx context.Context, tag string) (v1.Hash, bool, error)
+}
+
+// BlobOpener is a Repo that can stream any blob it holds. Targets that
+// must copy blobs (local layouts and archives, or a registry with
+// --allow-copy) read their sources through it.
+type BlobOpener interface {
+	// OpenBlob streams the blob d. The reader is not verified: the
+	// receiving side checks size and digest.
+	OpenBlob(ctx context.Context, d v1.Descriptor) (io.ReadCloser, error)
 }
 
 // BlobUpload is an upload opened by StartUpload: commit it once, or cancel it.
@@ -88,8 +98,21 @@ func (l Location) ID() string {
 
 // String renders the location as a reference, e.g. "host/app:1".
 func (l Location) String() string {
+	if l.Digest == "" && l.Tag == "" {
+		// A local layout or archive's only image.
+		return l.Repo.Name()
+	}
 	if l.Digest != "" {
 		return l.Repo.Name() + "@" + l.Digest
 	}
 	return l.Repo.Name() + ":" + l.Tag
+}
+
+// SignatureLister is implemented by repositories that can find what signs
+// or describes an image (cosign signature tags, OCI referrers). It is
+// optional: without it the engine does not look for signatures.
+type SignatureLister interface {
+	// Signatures describes, one entry per kind, what refers to the image
+	// with digest d; none means nothing was found.
+	Signatures(ctx context.Context, d v1.Hash) ([]string, error)
 }

@@ -68,3 +68,16 @@ func checkLayerCount(img *manifest.Image) error {
 	}
 	return nil
 }
+
+// HasLayerPrefix reports whether layers starts with prefix (by digest).
+func HasLayerPrefix(layers, prefix []v1.Descriptor) bool {
+	if len(prefix) > len(layers) {
+		return false
+	}
+	for i := range prefix {
+		if layers[i].Digest != prefix[i].Digest {
+			return false
+		}
+	}
+	return true
+}

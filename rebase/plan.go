@@ -128,7 +128,7 @@ func New(in Input) (*Plan, error) {
 	if err := p.manifest(img, nw); err != nil {
 		return nil, err
 	}
-	p.UpToDate = sameLayers(p.Added, p.Removed) && len(p.Changes) == 0
+	p.UpToDate = len(p.Added) == len(p.Removed) && HasLayerPrefix(p.Added, p.Removed) && len(p.Changes) == 0
 	return p, nil
 }
 
@@ -358,18 +358,6 @@ func setJSON(m map[string]json.RawMessage, key string, v any) error {
 	}
 	m[key] = b
 	return nil
-}
-
-func sameLayers(a, b []v1.Descriptor) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for i := range a {
-		if a[i].Digest != b[i].Digest {
-			return false
-		}
-	}
-	return true
 }
 
 func digestOf(b []byte) v1.Hash {

@@ -26,7 +26,10 @@ type Repo struct {
 	repo name.Repository
 }
 
-var _ engine.WritableRepo = (*Repo)(nil)
+var (
+	_ engine.WritableRepo = (*Repo)(nil)
+	_ engine.BlobOpener   = (*Repo)(nil)
+)
 
 // Parse turns a reference into a location. A reference without a registry
 // host belongs to defaultRegistry (the REGISTRY argument of the classic
@@ -381,25 +384,35 @@ func (r *Repo) transferOne(ctx context.Context, src engine.Repo, d v1.Descriptor
 
 // copyBlob streams a blob from src into r; used only with --allow-copy.
 func (r *Repo) copyBlob(ctx context.Context, src engine.Repo, d v1.Descriptor) (int64, error) {
-	s, ok := src.(*Repo)
+	s, ok := src.(engine.BlobOpener)
 	if !ok {
-		return 0, fmt.Errorf("copying %s from %s: not a registry", d.Digest, src.Name())
+		return 0, fmt.Errorf("copying %s from %s: it cannot stream blobs", d.Digest, src.Name())
 	}
-	opts, err := s.options(ctx)
+	rc, err := s.OpenBlob(ctx, d)
 	if err != nil {
 		return 0, err
-	}
-	l, err := remote.Layer(s.repo.Digest(d.Digest.String()), opts...)
-	if err != nil {
-		return 0, &AccessError{Op: "reading blob", Ref: s.repo.Digest(d.Digest.String()).Name(), Err: err}
-	}
-	rc, err := l.Compressed()
-	if err != nil {
-		return 0, &AccessError{Op: "reading blob", Ref: s.repo.Digest(d.Digest.String()).Name(), Err: err}
 	}
 	defer rc.Close()
 	if err := r.upload(ctx, d, rc); err != nil {
 		return 0, err
 	}
 	return d.Size, nil
+}
+
+// OpenBlob streams a blob of the repository (engine.BlobOpener).
+func (r *Repo) OpenBlob(ctx context.Context, d v1.Descriptor) (io.ReadCloser, error) {
+	ref := r.repo.Digest(d.Digest.String())
+	opts, err := r.options(ctx)
+	if err != nil {
+		return nil, err
+	}
+	l, err := remote.Layer(ref, opts...)
+	if err != nil {
+		return nil, &AccessError{Op: "reading blob", Ref: ref.Name(), Err: err}
+	}
+	rc, err := l.Compressed()
+	if err != nil {
+		return nil, &AccessError{Op: "reading blob", Ref: ref.Name(), Err: err}
+	}
+	return rc, nil
 }

@@ -8,6 +8,7 @@ import (
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 
 	"github.com/image-rebase/image-rebase/manifest"
+	"github.com/image-rebase/image-rebase/rebase"
 )
 
 // Candidate is one version of a base that images may start with.
@@ -63,7 +64,7 @@ type Origin struct {
 func Identify(img Image, cands []Candidate) Origin {
 	var best *Candidate
 	for i, c := range cands {
-		if len(c.Layers) > 0 && hasPrefix(img.Layers, c.Layers) && (best == nil || len(c.Layers) > len(best.Layers)) {
+		if len(c.Layers) > 0 && rebase.HasLayerPrefix(img.Layers, c.Layers) && (best == nil || len(c.Layers) > len(best.Layers)) {
 			best = &cands[i]
 		}
 	}
@@ -117,18 +118,6 @@ func Judge(img Image, o Origin, repo string, current *Candidate) Finding {
 		return f
 	}
 	f.To = current.Ref
-	f.Stale = !hasPrefix(img.Layers, current.Layers)
+	f.Stale = !rebase.HasLayerPrefix(img.Layers, current.Layers)
 	return f
-}
-
-func hasPrefix(layers, prefix []v1.Descriptor) bool {
-	if len(prefix) > len(layers) {
-		return false
-	}
-	for i := range prefix {
-		if layers[i].Digest != prefix[i].Digest {
-			return false
-		}
-	}
-	return true
 }
