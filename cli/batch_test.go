@@ -178,3 +178,28 @@ func TestBatchSharesAuthAcrossRepositories(t *testing.T) {
 		t.Errorf("%d requests answered 401: credentials not reused across repositories", unauthorized)
 	}
 }
+
+// TestBatchOneTokenForAllRepositories: a registry that hands out bearer
+// tokens (as hosted registries do) is pinged once and asked for one token,
+// covering every repository of the batch, however many images.
+func TestBatchOneTokenForAllRepositories(t *testing.T) {
+	reg := regtest.Start(t, regtest.WithTLS(), regtest.WithBasicAuth("carol", "t0ken-pass"), regtest.WithTokenAuth())
+	refs := batchImages(t, reg, 8, 4)
+	t.Setenv("DOCKER_CONFIG", reg.DockerConfigDir(t))
+	t.Setenv("SSL_CERT_FILE", reg.CAFile(t))
+	tokensBefore := len(reg.TokenScopes())
+	args := append([]string{"batch", "-r", reg.Host, "--from-base", "base:1", "--to-base", "base:2"}, refs...)
+	code, out, stderr := run(t, args...)
+	if code != 0 || !strings.Contains(out, "rebased       8") {
+		t.Fatalf("exit %d: %s%s", code, out, stderr)
+	}
+	tokens := reg.TokenScopes()[tokensBefore:]
+	if len(tokens) != 1 {
+		t.Fatalf("%d token requests, want 1 for the batch: %q", len(tokens), tokens)
+	}
+	for _, want := range []string{"repository:app0:push,pull", "repository:app3:push,pull", "repository:base:pull"} {
+		if !strings.Contains(tokens[0], want) {
+			t.Errorf("token scopes %q lack %q", tokens[0], want)
+		}
+	}
+}
