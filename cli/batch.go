@@ -172,6 +172,10 @@ func runBatch(ctx context.Context, f *batchFlags, changed func(string) bool, arg
 	// registry's token covers every repository at once.
 	reqs := make([]engine.Request, len(items))
 	for i, it := range items {
+		if locate.IsLocal(it.ref) {
+			// Layouts and archives are written by one rebase at a time.
+			return usagef(fmt.Sprintf("%s: %s is local storage: batch rebases images in registries; rebase it on its own", it.origin, it.ref))
+		}
 		fl := f.rebaseFlags
 		if it.from != "" || it.to != "" {
 			fl.fromBase, fl.toBase = it.from, it.to

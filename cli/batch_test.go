@@ -140,6 +140,11 @@ func TestBatchDryRunWritesNothingAndAllTags(t *testing.T) {
 	if code != 10 {
 		t.Errorf("--check exit %d, want 10", code)
 	}
+	// Local storage is for the single command.
+	code, _, stderr = run(t, "batch", "-r", "http://"+reg.Host, "app0:0", "oci:/tmp/layout:1", "--from-base", "base:1", "--to-base", "base:2")
+	if code != 2 || !strings.Contains(stderr, "local storage") {
+		t.Errorf("local reference: exit %d: %s", code, stderr)
+	}
 	// Out of time before the start: every image is reported not started.
 	code, out, _ = run(t, "batch", "-r", "http://"+reg.Host, "app0:0", "app0:1", "--from-base", "base:1", "--to-base", "base:2", "--timeout", "1ns")
 	if code != 1 || strings.Count(out, "not started: context deadline exceeded") != 4 {
