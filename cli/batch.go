@@ -75,7 +75,7 @@ cannot be read (an unreachable registry for --all-tags or --scan); 10 with
 	fl.BoolVar(&f.scan.enabled, "scan", false, "rebase the images scan finds stale (with --base; --repo limits the walk)")
 	fl.StringArrayVar(&f.scan.bases, "base", nil, "with --scan: the current base, as scan --base")
 	fl.StringArrayVar(&f.scan.repos, "repo", nil, "with --scan: walk only this repository (repeatable)")
-	fl.IntVarP(&f.jobs, "jobs", "j", 16, "rebase this many images at once")
+	fl.IntVarP(&f.jobs, "jobs", "j", 32, "rebase this many images at once")
 	fl.DurationVar(&f.recheckAfter, "recheck-after", time.Second, "read an image's tag again just before writing it when it was read longer ago than this (0: always, as a single rebase does); see docs/batch.md")
 	fl.StringVar(&f.fromBase, "from-base", "", "the base the images are on now (tag or digest)")
 	fl.StringVar(&f.toBase, "to-base", "", "the base to move the images to (tag or digest)")
