@@ -113,26 +113,33 @@ from a local target are copied there.`,
 	cmd.SetErr(stderr)
 	cmd.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return usagef(err.Error()) })
 	fl := cmd.Flags()
-	fl.StringVar(&f.fromBase, "from-base", "", "the base the image is on now (tag or digest)")
-	fl.StringVar(&f.toBase, "to-base", "", "the base to move the image to (tag or digest)")
+	addRebaseFlags(cmd, f)
 	fl.StringVarP(&f.tag, "tag", "t", "", "write the result to this tag (or full reference) instead of updating IMAGE in place")
 	fl.BoolVar(&f.force, "force", false, "overwrite a target tag that names another image")
 	fl.BoolVar(&f.dryRun, "dry-run", false, "print the plan and write nothing")
 	fl.BoolVar(&f.check, "check", false, "write nothing; exit 0 when up to date, 10 when a rebase is due (for CI)")
-	fl.StringVarP(&f.label, "label", "l", "", "the label that names the image's base (default FROM, used when present)")
-	fl.IntVar(&f.layers, "layers", 0, "keep the image's top N history entries (as docker history lists them, empty-layer ones included) and put --to-base under them")
-	fl.BoolVar(&f.strict, "strict", false, "refuse (exit 4, nothing written) when the plan has any warning")
-	fl.BoolVar(&f.allowCopy, "allow-copy", false, "stream a layer registry to registry when the registry refuses to mount it")
 	fl.StringVarP(&f.output, "output", "o", "text", "output format: text or json")
-	fl.StringVar(&f.backupTag, "backup-tag", "", "before moving a tag, tag the image it named with this template ({tag} is the tag), e.g. {tag}-prev")
-	fl.StringArrayVar(&f.platforms, "platform", nil, "rebase only this platform of an index (os/arch[/variant]; repeatable)")
-	fl.BoolVar(&f.keepOtherPlatforms, "keep-other-platforms", false, "keep the platforms --platform leaves out unchanged in the new index")
-	fl.BoolVar(&f.keepAttestations, "keep-attestations", false, "keep an index's attestation manifests (they describe the old images)")
 	fl.BoolVar(&f.checkSignatures, "check-signatures", false, "warn when the rebase invalidates signatures of a single-platform IMAGE (cosign tags, OCI referrers); always done for an index and with -v")
 	addConnectionFlags(cmd, &f.insecure, &f.verbose, &f.timeout)
 	cmd.AddCommand(newDemoCommand(stdout, stderr), newBatchCommand(stdout, stderr), newScanCommand(stdout, stderr))
 	cmd.AddCommand(newGitOpsCommand(stdout, stderr))
 	return cmd
+}
+
+// addRebaseFlags adds the flags that say how an image is rebased, shared by
+// the single command and batch.
+func addRebaseFlags(cmd *cobra.Command, f *rebaseFlags) {
+	fl := cmd.Flags()
+	fl.StringVar(&f.fromBase, "from-base", "", "the base the image is on now (tag or digest); default: found from the image")
+	fl.StringVar(&f.toBase, "to-base", "", "the base to move the image to (tag or digest)")
+	fl.StringVarP(&f.label, "label", "l", "", "the label that names the image's base (default FROM, used when present)")
+	fl.IntVar(&f.layers, "layers", 0, "keep the image's top N history entries (as docker history lists them, empty-layer ones included) and put --to-base under them")
+	fl.BoolVar(&f.strict, "strict", false, "refuse (exit 4, nothing written) when the plan has any warning")
+	fl.BoolVar(&f.allowCopy, "allow-copy", false, "stream a layer registry to registry when the registry refuses to mount it")
+	fl.StringVar(&f.backupTag, "backup-tag", "", "before moving a tag, tag the image it named with this template ({tag} is the tag), e.g. {tag}-prev")
+	fl.StringArrayVar(&f.platforms, "platform", nil, "rebase only this platform of an index (os/arch[/variant]; repeatable)")
+	fl.BoolVar(&f.keepOtherPlatforms, "keep-other-platforms", false, "keep the platforms --platform leaves out unchanged in the new index")
+	fl.BoolVar(&f.keepAttestations, "keep-attestations", false, "keep an index's attestation manifests (they describe the old images)")
 }
 
 // addConnectionFlags adds the flags every registry-facing command shares.
