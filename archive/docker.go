@@ -553,13 +553,7 @@ func (a *Docker) PutManifest(ctx context.Context, tag string, d v1.Descriptor, r
 	}
 	err = writeArchive(a.file, func(tw *tar.Writer) error {
 		for _, f := range files {
-			rc, err := f.open()
-			if err != nil {
-				return err
-			}
-			err = addFile(tw, f.name, f.size, rc)
-			rc.Close()
-			if err != nil {
+			if err := copyFile(tw, f.name, f.size, f.open); err != nil {
 				return err
 			}
 		}

@@ -287,13 +287,8 @@ func (a *OCI) PutManifest(ctx context.Context, tag string, d v1.Descriptor, raw 
 			return err
 		}
 		for _, b := range blobs {
-			rc, err := a.OpenBlob(ctx, b)
-			if err != nil {
-				return err
-			}
-			err = addFile(tw, blobName(b.Digest), b.Size, rc)
-			rc.Close()
-			if err != nil {
+			open := func() (io.ReadCloser, error) { return a.OpenBlob(ctx, b) }
+			if err := copyFile(tw, blobName(b.Digest), b.Size, open); err != nil {
 				return err
 			}
 		}

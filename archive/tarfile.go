@@ -156,6 +156,16 @@ func writeArchive(p string, fill func(tw *tar.Writer) error) (err error) {
 }
 
 // addFile writes one regular file into a tar.
+// copyFile adds one file whose content open streams.
+func copyFile(tw *tar.Writer, name string, size int64, open func() (io.ReadCloser, error)) error {
+	rc, err := open()
+	if err != nil {
+		return err
+	}
+	defer rc.Close()
+	return addFile(tw, name, size, rc)
+}
+
 func addFile(tw *tar.Writer, name string, size int64, r io.Reader) error {
 	if err := tw.WriteHeader(&tar.Header{Name: name, Mode: 0o644, Size: size, Typeflag: tar.TypeReg}); err != nil {
 		return err

@@ -219,7 +219,7 @@ func (l *logTransport) RoundTrip(r *http.Request) (*http.Response, error) {
 	resp, err := l.inner.RoundTrip(r)
 	u := *r.URL
 	u.RawQuery, u.User, u.Fragment = "", nil, ""
-	status := "error"
+	var status string
 	if err != nil {
 		status = "error: " + redactURLs(err.Error())
 	} else {
