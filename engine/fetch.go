@@ -141,8 +141,9 @@ func (e *noPlatformError) As(target any) bool {
 	return false
 }
 
-// imageCache fetches each image (manifest and config) once per run, however
-// many platforms or images ask for it.
+// imageCache fetches each platform image once per run, however many
+// platforms or images ask for it: its manifest first, its config (through
+// doc.config) only when a plan needs it.
 type imageCache struct {
 	mu sync.Mutex
 	m  map[string]*cacheEntry
@@ -150,13 +151,13 @@ type imageCache struct {
 
 type cacheEntry struct {
 	done chan struct{}
-	img  *manifest.Image
+	doc  *doc
 	err  error
 }
 
-// get returns the image with digest dg in loc's repository, named ref in
-// messages.
-func (c *imageCache) get(ctx context.Context, repo Repo, dg v1.Hash, ref string) (*manifest.Image, error) {
+// get returns the manifest of the image with digest dg in repo, named ref
+// in messages. Its config is read by the doc's config method.
+func (c *imageCache) get(ctx context.Context, repo Repo, dg v1.Hash, ref string) (*doc, error) {
 	key := repo.Name() + "@" + dg.String()
 	c.mu.Lock()
 	if c.m == nil {
@@ -170,28 +171,46 @@ func (c *imageCache) get(ctx context.Context, repo Repo, dg v1.Hash, ref string)
 	c.mu.Unlock()
 	if ok {
 		<-e.done
-		return e.img, e.err
+		return e.doc, e.err
 	}
 	defer close(e.done)
-	e.img, e.err = FetchImage(ctx, Location{Repo: repo, Digest: dg.String()})
-	if e.img != nil {
-		e.img.Ref = ref
+	loc := Location{Repo: repo, Digest: dg.String()}
+	d, err := fetchDoc(ctx, loc)
+	if err == nil && d.kind != manifest.KindImage {
+		err = &manifest.UnsupportedError{Ref: loc.String(), Kind: d.kind, MediaType: d.desc.MediaType}
 	}
-	return e.img, e.err
+	if err != nil {
+		e.err = err
+		return nil, err
+	}
+	d.image.Ref = ref
+	e.doc = d
+	return d, nil
 }
 
-// forPlatform returns the single-platform image of d that serves p: d
-// itself when it is an image, else the matching child of the index.
-func (c *imageCache) forPlatform(ctx context.Context, d *doc, p v1.Platform) (*manifest.Image, error) {
+// child returns the manifest of the image of d that serves p: d itself when
+// it is an image, else the matching child of the index.
+func (c *imageCache) child(ctx context.Context, d *doc, p v1.Platform) (*doc, error) {
 	if d.kind == manifest.KindImage {
-		if err := d.config(ctx); err != nil {
-			return nil, err
-		}
-		return d.image, nil
+		return d, nil
 	}
-	child, err := selectChild(d, p)
+	desc, err := selectChild(d, p)
 	if err != nil {
 		return nil, err
 	}
-	return c.get(ctx, d.loc.Repo, child.Digest, fmt.Sprintf("%s [%s]", d.loc, platform.String(*child.Platform)))
+	return c.get(ctx, d.loc.Repo, desc.Digest, fmt.Sprintf("%s [%s]", d.loc, platform.String(*desc.Platform)))
+}
+
+// forPlatform returns the single-platform image of d that serves p, config
+// included: d itself when it is an image, else the matching child of the
+// index.
+func (c *imageCache) forPlatform(ctx context.Context, d *doc, p v1.Platform) (*manifest.Image, error) {
+	cd, err := c.child(ctx, d, p)
+	if err != nil {
+		return nil, err
+	}
+	if err := cd.config(ctx); err != nil {
+		return nil, err
+	}
+	return cd.image, nil
 }

@@ -23,13 +23,18 @@ type platformWork struct {
 	desc v1.Descriptor
 	name string
 	plan *rebase.Plan
+	// session is the platform's config upload, opened alongside the
+	// configs' reads when the platform is not on NEW yet.
+	session BlobUpload
 }
 
 // rebaseIndex rebases each platform image of an index onto the matching
 // image of the new base, then writes a new index that keeps the original's
-// order, annotations and platform fields. Rounds: the platform images'
-// manifests and configs (each fetched once), then the blobs and configs, the
-// platform manifests, and the index last.
+// order, annotations and platform fields. Rounds after the indexes: the
+// platform images' manifests (the image's and the bases'); their configs,
+// with each platform's config upload opened alongside, unless the manifests
+// show the platform already on NEW (then no config is read); the blobs and
+// configs; the platform manifests; the index.
 func rebaseIndex(ctx context.Context, req Request, target WritableRepo, img, from, to *doc) (*Result, error) {
 	return rebaseIndexIn(ctx, req, target, img, from, to, nil)
 }
@@ -67,33 +72,59 @@ func rebaseIndexIn(ctx context.Context, req Request, target WritableRepo, img, f
 		bases = r.bases()
 	}
 	errs := make([]error, len(work))
+	cancel := func() {
+		for _, w := range work {
+			if w.session != nil {
+				w.session.Cancel(context.WithoutCancel(ctx))
+				w.session = nil
+			}
+		}
+	}
 	var wg sync.WaitGroup
 	for i, w := range work {
 		wg.Go(func() {
-			// The index says the platform: the bases' images are fetched
+			// The index says the platform: the bases' images are read
 			// alongside the image's, not after it.
 			p := *w.desc.Platform
-			var app, old, nw *manifest.Image
+			var app, old, nw *doc
 			var aerr, oerr, nerr error
 			var inner sync.WaitGroup
 			inner.Go(func() {
 				app, aerr = cache.get(ctx, req.Image.Repo, w.desc.Digest, fmt.Sprintf("%s [%s]", req.Image, w.name))
 			})
-			inner.Go(func() { old, oerr = bases.forPlatform(ctx, from, p) })
-			inner.Go(func() { nw, nerr = bases.forPlatform(ctx, to, p) })
+			inner.Go(func() { old, oerr = bases.child(ctx, from, p) })
+			inner.Go(func() { nw, nerr = bases.child(ctx, to, p) })
 			inner.Wait()
 			if err := firstError(aerr, oerr, nerr); err != nil {
 				errs[i] = err
 				return
 			}
+			if onBase(app.image, nw.image) {
+				w.plan = upToDatePlan(app, nw.image)
+				return
+			}
+			var serr error
+			cerrs := make([]error, 3)
+			for j, d := range []*doc{app, old, nw} {
+				inner.Go(func() { cerrs[j] = d.config(ctx) })
+			}
+			if target != nil {
+				inner.Go(func() { w.session, serr = target.StartUpload(ctx) })
+			}
+			inner.Wait()
+			if err := firstError(append(cerrs, serr)...); err != nil {
+				errs[i] = err
+				return
+			}
 			var err error
-			if w.plan, err = Plan(app, old, nw); err != nil {
+			if w.plan, err = Plan(app.image, old.image, nw.image); err != nil {
 				errs[i] = fmt.Errorf("platform %s: %w", w.name, err)
 			}
 		})
 	}
 	wg.Wait()
 	if err := firstError(errs...); err != nil {
+		cancel()
 		return nil, err
 	}
 
@@ -120,11 +151,13 @@ func rebaseIndexIn(ctx context.Context, req Request, target WritableRepo, img, f
 
 	raw, desc, warnings, err := newIndex(img, to, work, req.KeepAttestations)
 	if err != nil {
+		cancel()
 		return nil, err
 	}
 	res.Warnings = append(res.Warnings, warnings...)
 	res.After = desc.Digest
 	if req.Strict && len(res.Warnings) > 0 {
+		cancel()
 		res.Action = Refused
 		return res, strictRefusal(res.Warnings)
 	}
@@ -226,9 +259,10 @@ func orUnknown(s string) string {
 	return s
 }
 
-// writeIndex writes blobs and configs, then the platform manifests by
-// digest, then the index under the target tag: a failure at any point
-// leaves the tag as it was.
+// writeIndex writes blobs and configs (through each platform's upload
+// session when one is open), then the platform manifests by digest, then
+// the index under the target tag: a failure at any point leaves the tag as
+// it was.
 func writeIndex(ctx context.Context, req Request, target WritableRepo, img *doc, work []*platformWork, desc v1.Descriptor, raw []byte, res *Result, r *run) error {
 	var changed []*rebase.Plan
 	for _, w := range work {
@@ -272,11 +306,18 @@ func writeIndex(ctx context.Context, req Request, target WritableRepo, img *doc,
 			}
 		})
 	}
-	for _, p := range changed {
+	for _, w := range work {
+		if w.plan.UpToDate {
+			continue
+		}
 		wg.Go(func() {
-			s, err := target.StartUpload(ctx)
+			s, err := w.session, error(nil)
+			w.session = nil
+			if s == nil {
+				s, err = target.StartUpload(ctx)
+			}
 			if err == nil {
-				err = s.Commit(ctx, p.ConfigDescriptor, p.Config)
+				err = s.Commit(ctx, w.plan.ConfigDescriptor, w.plan.Config)
 			}
 			if err != nil {
 				fail(err)

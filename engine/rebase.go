@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"runtime"
 	"slices"
 	"strings"
 	"sync"
@@ -11,6 +12,7 @@ import (
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 
 	"github.com/image-rebase/image-rebase/basedetect"
+	"github.com/image-rebase/image-rebase/configmerge"
 	"github.com/image-rebase/image-rebase/manifest"
 	"github.com/image-rebase/image-rebase/platform"
 	"github.com/image-rebase/image-rebase/rebase"
@@ -182,44 +184,96 @@ func rebaseImage(ctx context.Context, req Request, target WritableRepo, img, fro
 }
 
 // rebaseImageIn is rebaseImage within a batch run (nil for a single rebase).
+//
+// Rounds after the manifests: an image already on NEW (its layers start
+// with NEW's) is up to date, decided from the manifests alone, with no
+// further request. Otherwise the configs are read with the config upload
+// opened alongside, then apply writes in two rounds. A base given as an
+// index costs one round more (the index names the platform image, which
+// names its config): the platform image the image most likely needs (see
+// likelyPlatform) is read alongside the image's config, and read again only
+// if the config shows another platform.
 func rebaseImageIn(ctx context.Context, req Request, target WritableRepo, img, from, to *doc, r *run) (*Result, error) {
-	// A write is likely unless the image already starts with the new
-	// base's layers; then open the config upload alongside the reads.
+	if to.kind == manifest.KindImage && onBase(img.image, to.image) {
+		return upToDate(req, img, to.image), nil
+	}
+	cache := r.bases()
+	guess := likelyPlatform(img, from, to)
 	var session BlobUpload
 	var sessionErr error
-	docs := []*doc{img, from, to}
-	errs := make([]error, len(docs))
-	var wg sync.WaitGroup
-	for i, d := range docs {
-		if d.kind == manifest.KindImage {
-			wg.Go(func() { errs[i] = d.config(ctx) })
-		}
-	}
-	if target != nil && (to.kind != manifest.KindImage || !rebase.HasLayerPrefix(img.image.Manifest.Layers, to.image.Manifest.Layers)) {
-		wg.Go(func() { session, sessionErr = target.StartUpload(ctx) })
-	}
-	wg.Wait()
 	cancel := func() {
 		if session != nil {
 			session.Cancel(context.WithoutCancel(ctx))
 		}
 	}
-	if err := firstError(append(errs, sessionErr)...); err != nil {
-		cancel()
-		return nil, err
+	// The image's config; each base's config, or for an index the
+	// manifest of its likely platform image; the config upload when NEW's
+	// layers are known not to be under the image's.
+	bases := []*doc{from, to}
+	guessed := make([]*doc, len(bases))
+	errs := make([]error, len(bases))
+	var imgErr error
+	var wg sync.WaitGroup
+	wg.Go(func() { imgErr = img.config(ctx) })
+	for i, d := range bases {
+		if d.kind == manifest.KindImage {
+			wg.Go(func() { errs[i] = d.config(ctx) })
+			continue
+		}
+		// A wrong guess costs a request, not an error: the right
+		// platform image is read once the config names it.
+		wg.Go(func() { guessed[i], _ = cache.child(ctx, d, guess) })
 	}
-	// Bases given as indexes: take the image that serves the image's platform.
-	cache := r.bases()
-	p := platform.OfConfig(img.image.Config)
-	var old, nw *manifest.Image
-	wg.Go(func() { old, errs[1] = cache.forPlatform(ctx, from, p) })
-	wg.Go(func() { nw, errs[2] = cache.forPlatform(ctx, to, p) })
+	if target != nil && to.kind == manifest.KindImage {
+		wg.Go(func() { session, sessionErr = target.StartUpload(ctx) })
+	}
 	wg.Wait()
-	if err := firstError(errs...); err != nil {
+	if err := firstError(imgErr, errs[0], errs[1], sessionErr); err != nil {
 		cancel()
 		return nil, err
 	}
-	plan, err := Plan(img.image, old, nw)
+
+	// Bases given as indexes: the platform image that serves the image's
+	// platform (the guessed one when right), then its config.
+	p := platform.OfConfig(img.image.Config)
+	images := make([]*manifest.Image, len(bases))
+	current := false
+	for i, d := range bases {
+		if d.kind == manifest.KindImage {
+			images[i] = d.image
+			continue
+		}
+		wg.Go(func() {
+			cd := guessed[i]
+			if want, err := selectChild(d, p); err != nil || cd == nil || cd.desc.Digest != want.Digest {
+				if cd, errs[i] = cache.child(ctx, d, p); errs[i] != nil {
+					return
+				}
+			}
+			if i == 1 {
+				if onBase(img.image, cd.image) {
+					images[i], current = cd.image, true
+					return
+				}
+				if target != nil {
+					wg.Go(func() { session, sessionErr = target.StartUpload(ctx) })
+				}
+			}
+			if errs[i] = cd.config(ctx); errs[i] == nil {
+				images[i] = cd.image
+			}
+		})
+	}
+	wg.Wait()
+	if current {
+		cancel()
+		return upToDate(req, img, images[1]), nil
+	}
+	if err := firstError(errs[0], errs[1], sessionErr); err != nil {
+		cancel()
+		return nil, err
+	}
+	plan, err := Plan(img.image, images[0], images[1])
 	if err != nil {
 		cancel()
 		return nil, err
@@ -229,6 +283,93 @@ func rebaseImageIn(ctx context.Context, req Request, target WritableRepo, img, f
 		cancel()
 	}
 	return res, err
+}
+
+// onBase reports whether img's layers start with base's, by digest: img is
+// built on base (or was rebased onto it). The planner decides the same with
+// the configs read (an image on NEW is planned against NEW itself, which
+// leaves nothing to change), so a rebase onto base is up to date.
+func onBase(img, base *manifest.Image) bool {
+	return len(base.Manifest.Layers) > 0 && rebase.HasLayerPrefix(img.Manifest.Layers, base.Manifest.Layers)
+}
+
+// upToDate is the result for an image already on nw (onBase), decided from
+// the manifests: nothing is written and no config was needed.
+func upToDate(req Request, img *doc, nw *manifest.Image) *Result {
+	plan := upToDatePlan(img, nw)
+	return &Result{
+		Action:   UpToDate,
+		Image:    req.Image.String(),
+		Target:   req.Target.String(),
+		Before:   img.desc.Digest,
+		After:    img.desc.Digest,
+		OldBase:  plan.OldBase,
+		NewBase:  plan.NewBase,
+		Warnings: plan.Warnings,
+		Plan:     plan,
+	}
+}
+
+// upToDatePlan says what the planner would of an image already on nw: it
+// sits on nw, its own layers kept, nothing to write.
+func upToDatePlan(img *doc, nw *manifest.Image) *rebase.Plan {
+	n := len(nw.Manifest.Layers)
+	base := rebase.BaseRef{Ref: nw.Ref, Digest: nw.Descriptor.Digest, Layers: n}
+	return &rebase.Plan{
+		Image:              img.image.Ref,
+		ImageDigest:        img.desc.Digest,
+		ImageDescriptor:    img.desc,
+		ImageManifest:      img.raw,
+		OldBase:            base,
+		NewBase:            base,
+		UpToDate:           true,
+		Removed:            nw.Manifest.Layers,
+		Added:              nw.Manifest.Layers,
+		Kept:               img.image.Manifest.Layers[n:],
+		Family:             img.image.Family,
+		Manifest:           img.raw,
+		ManifestDescriptor: img.desc,
+		ConfigDescriptor:   img.image.Manifest.Config,
+		Changes:            []configmerge.Change{},
+		Warnings:           []rebase.Warning{},
+	}
+}
+
+// likelyPlatform guesses, before the image's config is read, the platform
+// of a single-platform image whose bases are indexes, so that the bases'
+// platform images are read alongside that config: the platform of the
+// bases' image that the image's base-digest annotation names, else this
+// machine's (linux), else linux/amd64, else the first the index lists.
+func likelyPlatform(img *doc, bases ...*doc) v1.Platform {
+	var children []v1.Descriptor
+	for _, d := range bases {
+		if d.kind != manifest.KindIndex {
+			continue
+		}
+		for _, c := range d.index.Manifests {
+			if c.Platform != nil && !isAttestation(c) {
+				children = append(children, c)
+			}
+		}
+	}
+	if dg := img.image.Manifest.Annotations[manifest.BaseDigestAnnotation]; dg != "" {
+		for _, c := range children {
+			if c.Digest.String() == dg {
+				return *c.Platform
+			}
+		}
+	}
+	for _, want := range []v1.Platform{{OS: "linux", Architecture: runtime.GOARCH}, {OS: "linux", Architecture: "amd64"}} {
+		for _, c := range children {
+			if platform.Matches(want, *c.Platform) {
+				return *c.Platform
+			}
+		}
+	}
+	if len(children) > 0 {
+		return *children[0].Platform
+	}
+	return v1.Platform{OS: "linux", Architecture: "amd64"}
 }
 
 // Plan computes the plan of moving img from old to nw.
