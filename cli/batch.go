@@ -139,7 +139,8 @@ func runBatch(ctx context.Context, f *batchFlags, changed func(string) bool, arg
 	}
 	ctx, cancel := context.WithTimeout(ctx, f.timeout)
 	defer cancel()
-	opts := registry.Options{Insecure: f.insecure, PlainHTTP: plainHTTP}
+	// Blob mounts share -j's bound: at most -j in flight across the batch.
+	opts := registry.Options{Insecure: f.insecure, PlainHTTP: plainHTTP, Transfers: f.jobs}
 	if f.verbose {
 		opts.Log = stderr
 	}

@@ -33,9 +33,9 @@ type Options struct {
 	// with unverified TLS; "*" means every registry.
 	Insecure []string
 	// PlainHTTP lists registries ("host:port") known to speak plain HTTP
-	// only (named http://host:port): they are also Insecure, and the HTTPS
-	// attempt go-containerregistry makes first fails at once instead of
-	// waiting for its 300 ms fallback to HTTP.
+	// only (named http://host:port): they are also Insecure, and HTTPS is
+	// never tried. An Insecure registry is tried over HTTPS first, then
+	// over plain HTTP.
 	PlainHTTP []string
 	// Log receives one line per HTTP request when non-nil (-v). Secrets are
 	// never written: no headers, no query strings.
@@ -47,14 +47,25 @@ type Options struct {
 	// RetryBackoff is the first wait before a retry (doubling, with
 	// jitter); 250ms when zero. Tests shorten it.
 	RetryBackoff time.Duration
+	// Transfers bounds the blob mounts (or copies) in flight at once,
+	// across every repository and every rebase of the client; 16 when
+	// zero. A batch sets it to its -j.
+	Transfers int
 }
 
-// Client reaches registries. It pings each registry once and shares one
-// authenticated transport per registry across every repository it touches.
+// Client reaches registries. It shares one transport per registry across
+// every repository it touches: a registry is pinged, once, only when
+// credentials are configured for it (their challenge says how to present
+// them); otherwise requests go out at once and a token is fetched only if
+// the registry asks for one.
 type Client struct {
 	opts Options
 
 	retry retryPolicy
+	// start is when the client was made: -v stamps requests from it.
+	start time.Time
+	// transfers holds a slot per blob transfer in flight.
+	transfers chan struct{}
 
 	mu     sync.Mutex
 	scopes map[string][]string // registry → scopes asked so far
@@ -90,7 +101,11 @@ func New(opts Options) *Client {
 	if opts.RetryBackoff > 0 {
 		retry.base = opts.RetryBackoff
 	}
-	return &Client{opts: opts, retry: retry, scopes: map[string][]string{}, regs: map[string]*regConn{}}
+	if opts.Transfers <= 0 {
+		opts.Transfers = 16
+	}
+	return &Client{opts: opts, retry: retry, start: time.Now(), transfers: make(chan struct{}, opts.Transfers),
+		scopes: map[string][]string{}, regs: map[string]*regConn{}}
 }
 
 // IsInsecure reports whether reg may be reached without verified TLS.
@@ -117,8 +132,7 @@ func (c *Client) addScope(reg, scope string) {
 	}
 }
 
-// transport returns the authenticated transport of a registry, pinging it
-// on first use only.
+// transport returns the transport of a registry, made on first use.
 func (c *Client) transport(ctx context.Context, reg name.Registry) (http.RoundTripper, error) {
 	c.mu.Lock()
 	rc, ok := c.regs[reg.RegistryStr()]
@@ -136,23 +150,29 @@ func (c *Client) transport(ctx context.Context, reg name.Registry) (http.RoundTr
 			return
 		}
 		base := c.opts.Transport
-		plain := slices.Contains(c.opts.PlainHTTP, reg.RegistryStr())
+		scheme := &schemeTransport{host: reg.RegistryStr(), scheme: "https"}
 		switch {
-		case plain:
+		case slices.Contains(c.opts.PlainHTTP, reg.RegistryStr()):
+			scheme.scheme = "http"
 		case c.IsInsecure(reg.RegistryStr()):
 			base = insecureTransport(base)
-		default:
-			base = httpsOnly{inner: base, reg: reg.RegistryStr()}
+			scheme.scheme = "" // HTTPS, else plain HTTP
 		}
 		if c.opts.Log != nil {
-			base = &logTransport{inner: base, w: c.opts.Log}
+			base = &logTransport{inner: base, w: c.opts.Log, start: c.start}
 		}
-		base = &retryTransport{inner: &verifyTransport{inner: base}, policy: c.retry}
-		if plain {
-			// Outside the retries: the refusal is final.
-			base = plainHTTPOnly{inner: base, reg: reg.RegistryStr()}
+		scheme.inner = base
+		base = transport.NewUserAgent(&retryTransport{inner: &verifyTransport{inner: scheme}, policy: c.retry}, c.opts.UserAgent)
+		if auth == authn.Anonymous {
+			// No credentials: no ping either, unless the registry asks.
+			rc.rt, rc.err = wrapped(reg, &lazyAuth{reg: reg, inner: base, ua: c.opts.UserAgent, scopes: func() []string {
+				c.mu.Lock()
+				defer c.mu.Unlock()
+				return slices.Clone(c.scopes[reg.RegistryStr()])
+			}})
+			return
 		}
-		base = transport.NewUserAgent(base, c.opts.UserAgent)
+		// Credentials: the ping's challenge says how to present them.
 		rt, err := transport.NewWithContext(ctx, reg, auth, base, scopes)
 		if err != nil {
 			rc.err = &AccessError{Op: "connecting to", Ref: reg.RegistryStr(), Err: err}
@@ -176,41 +196,13 @@ func insecureTransport(base http.RoundTripper) http.RoundTripper {
 	return t
 }
 
-// httpsOnly refuses plain HTTP to a registry the user did not name with
-// --insecure (go-containerregistry would otherwise fall back to HTTP for
-// loopback and private addresses).
-type httpsOnly struct {
-	inner http.RoundTripper
-	reg   string
-}
-
-func (h httpsOnly) RoundTrip(r *http.Request) (*http.Response, error) {
-	if r.URL.Scheme == "http" && r.URL.Host == h.reg {
-		return nil, fmt.Errorf("plain HTTP to %s is not allowed; pass --insecure=%s or use http://%s as REGISTRY", h.reg, h.reg, h.reg)
-	}
-	return h.inner.RoundTrip(r)
-}
-
-// plainHTTPOnly fails HTTPS requests to a registry named http://host at
-// once: a TLS hello sent to a plain HTTP server gets no answer, and
-// go-containerregistry would wait 300 ms before pinging over HTTP.
-type plainHTTPOnly struct {
-	inner http.RoundTripper
-	reg   string
-}
-
-func (p plainHTTPOnly) RoundTrip(r *http.Request) (*http.Response, error) {
-	if r.URL.Scheme == "https" && r.URL.Host == p.reg {
-		return nil, fmt.Errorf("%s was named http://%s: not trying HTTPS", p.reg, p.reg)
-	}
-	return p.inner.RoundTrip(r)
-}
-
-// logTransport writes one line per request: method, URL without query
+// logTransport writes one line per request: when it started (seconds since
+// the client was made, i.e. since the run began), method, URL without query
 // string, status and duration. Headers are never written.
 type logTransport struct {
 	inner http.RoundTripper
 	w     io.Writer
+	start time.Time
 	mu    sync.Mutex
 }
 
@@ -227,7 +219,7 @@ func (l *logTransport) RoundTrip(r *http.Request) (*http.Response, error) {
 	}
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	fmt.Fprintf(l.w, "%s %s -> %s (%s)\n", r.Method, u.String(), status, time.Since(start).Round(time.Millisecond))
+	fmt.Fprintf(l.w, "+%.3fs %s %s -> %s (%s)\n", start.Sub(l.start).Seconds(), r.Method, u.String(), status, time.Since(start).Round(time.Millisecond))
 	return resp, err
 }
 
@@ -288,6 +280,10 @@ func (e *AccessError) Is(target error) bool {
 
 // describe shortens go-containerregistry's errors to one line.
 func describe(err error) string {
+	var header tls.RecordHeaderError
+	if errors.As(err, &header) && string(header.RecordHeader[:]) == "HTTP/" {
+		return "the registry speaks plain HTTP, not HTTPS: name it http://HOST as REGISTRY, or pass --insecure for it"
+	}
 	var cv *tls.CertificateVerificationError
 	if errors.As(err, &cv) {
 		return fmt.Sprintf("TLS certificate not trusted (%v); add its CA to the system store or SSL_CERT_FILE, or pass --insecure for this registry", cv.Err)

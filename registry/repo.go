@@ -329,8 +329,9 @@ func (e *MountRefusedError) Error() string {
 	return fmt.Sprintf("cannot mount layer %s from %s into %s without copying it; rerun with --allow-copy to stream its %d bytes registry to registry", e.Digest, e.From, e.To, e.Size)
 }
 
-// Transfer mounts each blob from src. A blob the registry will not mount is
-// streamed from src only when allowCopy is set.
+// Transfer mounts each blob from src, at most Options.Transfers at once
+// across the client. A blob the registry will not mount is streamed from
+// src only when allowCopy is set.
 func (r *Repo) Transfer(ctx context.Context, src engine.Repo, blobs []v1.Descriptor, allowCopy bool) (engine.Transferred, error) {
 	type result struct {
 		copied int64 // bytes streamed; 0 when mounted
@@ -341,6 +342,13 @@ func (r *Repo) Transfer(ctx context.Context, src engine.Repo, blobs []v1.Descrip
 	for i, d := range blobs {
 		go func() {
 			defer func() { done <- struct{}{} }()
+			select {
+			case r.c.transfers <- struct{}{}:
+				defer func() { <-r.c.transfers }()
+			case <-ctx.Done():
+				results[i].err = ctx.Err()
+				return
+			}
 			results[i].copied, results[i].err = r.transferOne(ctx, src, d, allowCopy)
 		}()
 	}

@@ -97,7 +97,8 @@ func retriable(resp *http.Response, err error, ctx context.Context) bool {
 		return false
 	}
 	if err != nil {
-		return true
+		// A TLS handshake refused fails again: not transient.
+		return !tlsRefused(err)
 	}
 	switch resp.StatusCode {
 	case http.StatusRequestTimeout, http.StatusTooManyRequests, http.StatusInternalServerError,
