@@ -45,6 +45,7 @@ func appsOnBase1(b *testing.B, reg *regtest.Registry, prefix string, n, repos in
 type batchFigures struct {
 	wall            time.Duration
 	requests        int
+	roundTrips      int
 	shared          int // ping and the bases' manifests and configs
 	mounts          int
 	heads           int
@@ -53,9 +54,18 @@ type batchFigures struct {
 	peakHeapInUseMB float64
 }
 
-// runBatch runs `image-rebase batch` on refs through the proxy and measures
-// it.
-func runBatch(b *testing.B, proxy *proxytest.Proxy, reg *regtest.Registry, refs []string, extra ...string) batchFigures {
+// batchRegistry is how a batch names the registry in each form: -r HOST
+// with --insecure, or -r http://HOST.
+func batchRegistry(f form, host string) []string {
+	if f.name == "insecure" {
+		return []string{"--insecure", "-r", host}
+	}
+	return []string{"-r", "http://" + host}
+}
+
+// runBatch runs `image-rebase batch` on refs through the proxy, the
+// registry named as f says, and measures it.
+func runBatch(b *testing.B, proxy *proxytest.Proxy, reg *regtest.Registry, f form, refs []string, extra ...string) batchFigures {
 	file := filepath.Join(b.TempDir(), "images")
 	if err := os.WriteFile(file, []byte(strings.Join(refs, "\n")+"\n"), 0o600); err != nil {
 		b.Fatal(err)
@@ -91,9 +101,9 @@ func runBatch(b *testing.B, proxy *proxytest.Proxy, reg *regtest.Registry, refs 
 	proxy.Reset()
 	var out, errb bytes.Buffer
 	start := time.Now()
-	args := append([]string{"batch", "-r", "http://" + proxy.Host(), "-f", file, "--from-base", "base:1", "--to-base", "base:2", "-o", "json"}, extra...)
-	code := cli.Main(args, &out, &errb)
-	f := batchFigures{wall: time.Since(start), byAction: map[string]int{}}
+	args := append(append([]string{"batch"}, batchRegistry(f, proxy.Host())...), "-f", file, "--from-base", "base:1", "--to-base", "base:2", "-o", "json")
+	code := cli.Main(append(args, extra...), &out, &errb)
+	fig := batchFigures{wall: time.Since(start), byAction: map[string]int{}, roundTrips: proxy.Stats().RoundTrips}
 	close(stop)
 	<-sampled
 	runtime.ReadMemStats(&after)
@@ -106,67 +116,73 @@ func runBatch(b *testing.B, proxy *proxytest.Proxy, reg *regtest.Registry, refs 
 			b.Fatal(err)
 		}
 		if v.Action != "" {
-			f.byAction[v.Action]++
+			fig.byAction[v.Action]++
 		}
 	}
 	for _, e := range proxy.Log() {
-		f.requests++
+		fig.requests++
 		switch {
 		case e.Class == "ping",
 			e.Class == "manifest" && strings.HasPrefix(e.Path, "/v2/base/"),
 			e.Class == "blob" && baseDocs[e.Digest]:
-			f.shared++
+			fig.shared++
 		case e.Class == "blob-upload" && e.Method == "POST" && e.Digest != "":
-			f.mounts++
+			fig.mounts++
 		case e.Class == "manifest" && e.Method == "HEAD":
-			f.heads++
+			fig.heads++
 		}
 	}
-	f.allocPerImage = float64(after.TotalAlloc-before.TotalAlloc) / float64(len(refs))
-	f.peakHeapInUseMB = float64(peak.Load()-min(peak.Load(), before.HeapInuse)) / (1 << 20)
-	return f
+	fig.allocPerImage = float64(after.TotalAlloc-before.TotalAlloc) / float64(len(refs))
+	fig.peakHeapInUseMB = float64(peak.Load()-min(peak.Load(), before.HeapInuse)) / (1 << 20)
+	return fig
 }
+
+// all is every request of the run per image, shared documents included.
+func (f batchFigures) all(n int) float64 { return float64(f.requests) / float64(n) }
 
 func (f batchFigures) perImage(n int) float64 { return float64(f.requests-f.shared) / float64(n) }
 
 // BenchmarkBatch rebases 100 application images on one base (3 layers,
-// all replaced) with `image-rebase batch`, in 10 repositories of 10 tags
-// and in 100 repositories of one tag, then runs the batch again on the
-// up-to-date images; go-containerregistry's rebase path rebases copies of
-// the same 100 images one by one. -short runs go-containerregistry on 10
-// images and scales its time to 100.
+// all replaced) with `image-rebase batch`, the registry named --insecure
+// HOST and http://HOST, in 10 repositories of 10 tags, then runs the batch
+// again on the up-to-date images; then variants (-j 16, 100 repositories of
+// one tag, --recheck-after 0, 25 images for memory). go-containerregistry's
+// rebase path rebases copies of the same 100 images one by one. -short runs
+// go-containerregistry on 10 images and scales its time to 100.
 func BenchmarkBatch(b *testing.B) {
 	reg := regtest.Start(b)
 	fixture(b, reg)
 	proxy := proxytest.Start(reg.Host, proxytest.WithLatency(latency))
 	defer proxy.Close()
+	insecure, http := forms[0], forms[1]
 
 	n := 0
 	for b.Loop() {
 		n++
 		p := fmt.Sprintf("r%d-", n)
-		tenByTen := appsOnBase1(b, reg, p+"app", batchSize, 10)
-		hundred := appsOnBase1(b, reg, p+"solo", batchSize, batchSize)
 		ggcrN := batchSize
 		if testing.Short() {
 			ggcrN = 10
 		}
 		ggcrRefs := appsOnBase1(b, reg, p+"ggcr", ggcrN, 10)
+		apps := func(name string, n, repos int) []string { return appsOnBase1(b, reg, p+name, n, repos) }
+		check := func(what string, f batchFigures, action string, n int) batchFigures {
+			if f.byAction[action] != n {
+				b.Fatalf("%s: %v, want %d %s", what, f.byAction, n, action)
+			}
+			return f
+		}
 
-		batch := runBatch(b, proxy, reg, tenByTen)
-		if batch.byAction["rebased"] != batchSize {
-			b.Fatalf("batch: %v", batch.byAction)
-		}
-		rerun := runBatch(b, proxy, reg, tenByTen)
-		if rerun.byAction["up-to-date"] != batchSize {
-			b.Fatalf("rerun: %v", rerun.byAction)
-		}
-		solo := runBatch(b, proxy, reg, hundred)
-		quarter := runBatch(b, proxy, reg, appsOnBase1(b, reg, p+"quarter", batchSize/4, 10))
-		j32refs := appsOnBase1(b, reg, p+"j32", batchSize, 10)
-		j32 := runBatch(b, proxy, reg, j32refs, "-j", "32")
-		j32rerun := runBatch(b, proxy, reg, j32refs, "-j", "32")
-		recheck := runBatch(b, proxy, reg, appsOnBase1(b, reg, p+"recheck", batchSize, 10), "--recheck-after", "0")
+		refs := apps("app", batchSize, 10)
+		batch := check("batch", runBatch(b, proxy, reg, insecure, refs), "rebased", batchSize)
+		rerun := check("rerun", runBatch(b, proxy, reg, insecure, refs), "up-to-date", batchSize)
+		refs = apps("http", batchSize, 10)
+		httpBatch := check("http batch", runBatch(b, proxy, reg, http, refs), "rebased", batchSize)
+		httpRerun := check("http rerun", runBatch(b, proxy, reg, http, refs), "up-to-date", batchSize)
+		j16 := check("-j 16", runBatch(b, proxy, reg, insecure, apps("j16", batchSize, 10), "-j", "16"), "rebased", batchSize)
+		solo := check("100 repositories", runBatch(b, proxy, reg, insecure, apps("solo", batchSize, batchSize)), "rebased", batchSize)
+		recheck := check("--recheck-after 0", runBatch(b, proxy, reg, insecure, apps("recheck", batchSize, 10), "--recheck-after", "0"), "rebased", batchSize)
+		quarter := check("25 images", runBatch(b, proxy, reg, insecure, apps("quarter", batchSize/4, 10)), "rebased", batchSize/4)
 
 		proxy.Reset()
 		start := time.Now()
@@ -183,26 +199,30 @@ func BenchmarkBatch(b *testing.B) {
 		b.ReportMetric(batch.perImage(batchSize), "requests/image")
 		b.ReportMetric(float64(batch.requests-batch.shared-batch.mounts)/batchSize, "requests/image-without-mounts")
 		b.ReportMetric(rerun.wall.Seconds(), "rerun-s")
-		b.ReportMetric(rerun.perImage(batchSize), "rerun-requests/image")
+		b.ReportMetric(rerun.all(batchSize), "rerun-requests/image")
+		b.ReportMetric(float64(rerun.roundTrips), "rerun-roundtrips")
+		b.ReportMetric(httpBatch.wall.Seconds(), "http-batch-s")
+		b.ReportMetric(httpRerun.wall.Seconds(), "http-rerun-s")
+		b.ReportMetric(j16.wall.Seconds(), "j16-s")
 		b.ReportMetric(solo.wall.Seconds(), "100repos-s")
 		b.ReportMetric(solo.perImage(batchSize), "100repos-requests/image")
 		b.ReportMetric(recheck.wall.Seconds(), "recheck-s")
 		b.ReportMetric(recheck.perImage(batchSize), "recheck-requests/image")
-		b.ReportMetric(j32.wall.Seconds(), "j32-s")
-		b.ReportMetric(j32rerun.wall.Seconds(), "j32-rerun-s")
 		b.ReportMetric(ggcrWall.Seconds(), "ggcr-s")
 		b.ReportMetric(ggcrReqs, "ggcr-requests/image")
-		b.ReportMetric(ggcrWall.Seconds()/batch.wall.Seconds(), "x-faster")
+		b.ReportMetric(batch.wall.Seconds()/ggcrWall.Seconds(), "batch-time/ggcr")
 		b.ReportMetric(batch.allocPerImage/1024, "alloc-KiB/image")
 		b.ReportMetric(batch.peakHeapInUseMB, "peak-heap-MiB")
 		b.ReportMetric(quarter.peakHeapInUseMB, "25images-peak-heap-MiB")
-		b.Logf("batch, 10 repositories × 10 tags: %s, %d requests (%d shared: ping and base documents; %d mounts), %.2f requests/image after the shared documents, %.2f without mounts, %d tag re-reads",
-			batch.wall.Round(time.Millisecond), batch.requests, batch.shared, batch.mounts, batch.perImage(batchSize), float64(batch.requests-batch.shared-batch.mounts)/batchSize, batch.heads)
-		b.Logf("rerun (all up to date): %s, %d requests, %.2f requests/image", rerun.wall.Round(time.Millisecond), rerun.requests, rerun.perImage(batchSize))
+		b.Logf("batch, --insecure HOST, 10 repositories × 10 tags: %s, %d requests (%d shared: base documents; %d mounts), %.2f requests/image after the shared documents, %.2f without mounts, %d tag re-reads, %d round trips",
+			batch.wall.Round(time.Millisecond), batch.requests, batch.shared, batch.mounts, batch.perImage(batchSize), float64(batch.requests-batch.shared-batch.mounts)/batchSize, batch.heads, batch.roundTrips)
+		b.Logf("rerun (all up to date): %s, %d requests, %.2f requests/image (all requests), %d round trips", rerun.wall.Round(time.Millisecond), rerun.requests, rerun.all(batchSize), rerun.roundTrips)
+		b.Logf("http://HOST: batch %s (%d requests), rerun %s (%d requests)", httpBatch.wall.Round(time.Millisecond), httpBatch.requests, httpRerun.wall.Round(time.Millisecond), httpRerun.requests)
+		b.Logf("-j 16: batch %s", j16.wall.Round(time.Millisecond))
 		b.Logf("batch, 100 repositories × 1 tag: %s, %d requests (%d mounts), %.2f requests/image", solo.wall.Round(time.Millisecond), solo.requests, solo.mounts, solo.perImage(batchSize))
 		b.Logf("batch with --recheck-after 0: %s, %.2f requests/image, %d tag re-reads", recheck.wall.Round(time.Millisecond), recheck.perImage(batchSize), recheck.heads)
-		b.Logf("-j 32: batch %s, rerun %s", j32.wall.Round(time.Millisecond), j32rerun.wall.Round(time.Millisecond))
-		b.Logf("go-containerregistry one by one: %s for 100 (measured on %d), %.1f requests/image", ggcrWall.Round(time.Millisecond), ggcrN, ggcrReqs)
+		b.Logf("go-containerregistry one by one: %s for 100 (measured on %d), %.1f requests/image; batch takes %.3f× its time",
+			ggcrWall.Round(time.Millisecond), ggcrN, ggcrReqs, batch.wall.Seconds()/ggcrWall.Seconds())
 		b.Logf("memory (client, in-process registry and proxy together): %.0f KiB allocated per image; peak heap in use +%.1f MiB for 100 images, +%.1f MiB for 25 (%.0f KiB allocated per image), +%.1f MiB for 100 repositories",
 			batch.allocPerImage/1024, batch.peakHeapInUseMB, quarter.peakHeapInUseMB, quarter.allocPerImage/1024, solo.peakHeapInUseMB)
 	}

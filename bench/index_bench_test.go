@@ -13,18 +13,16 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/google/go-containerregistry/pkg/v1/types"
 
-	"github.com/image-rebase/image-rebase/cli"
 	"github.com/image-rebase/image-rebase/internal/proxytest"
 	"github.com/image-rebase/image-rebase/internal/regtest"
 	"github.com/image-rebase/image-rebase/internal/testimage"
 )
 
-var benchArches = []string{"amd64", "arm64"}
-
-// indexFixture pushes base:1 and base:2 as two-platform indexes (3 layers
-// per platform, none shared) and returns the two-platform app index on
-// base:1 (2 layers of its own per platform) and every layer's digest.
-func indexFixture(b *testing.B, reg *regtest.Registry) (v1.ImageIndex, map[string]bool) {
+// indexFixture pushes base:1 and base:2 as indexes of the given
+// architectures (3 layers per platform, none shared) and returns the app
+// index on base:1 (2 layers of its own per platform) and every layer's
+// digest.
+func indexFixture(b *testing.B, reg *regtest.Registry, benchArches []string) (v1.ImageIndex, map[string]bool) {
 	layers := map[string]bool{}
 	note := func(img v1.Image) v1.Image {
 		for _, l := range must(img.Layers()) {
@@ -59,50 +57,53 @@ func indexFixture(b *testing.B, reg *regtest.Registry) (v1.ImageIndex, map[strin
 	return index(apps), layers
 }
 
-// BenchmarkRebaseIndex rebases a two-platform application index onto a
-// two-platform base, with image-rebase and with go-containerregistry used
-// as a library user would: mutate.Rebase per platform, then a new index
-// written with mutate.AppendManifests and remote.WriteIndex.
+// BenchmarkRebaseIndex rebases a two- and a four-platform application
+// index onto a base index of as many platforms, with image-rebase (the
+// registry named --insecure HOST and http://HOST) and with
+// go-containerregistry used as a library user would: mutate.Rebase per
+// platform, then a new index written with mutate.AppendManifests and
+// remote.WriteIndex; then a rerun of image-rebase on the rebased index.
 func BenchmarkRebaseIndex(b *testing.B) {
-	reg := regtest.Start(b)
-	app, layers := indexFixture(b, reg)
-	proxy := proxytest.Start(reg.Host, proxytest.WithLatency(latency))
-	defer proxy.Close()
-	host := proxy.Host()
+	for _, arches := range [][]string{{"amd64", "arm64"}, {"amd64", "arm64", "ppc64le", "s390x"}} {
+		b.Run(fmt.Sprintf("%d-platforms", len(arches)), func(b *testing.B) {
+			reg := regtest.Start(b)
+			app, layers := indexFixture(b, reg, arches)
+			proxy := proxytest.Start(reg.Host, proxytest.WithLatency(latency))
+			defer proxy.Close()
+			host := proxy.Host()
 
-	var ours, ggcr measure
-	n := 0
-	for b.Loop() {
-		n++
-		repoA, repoB := fmt.Sprintf("app-ir-%d", n), fmt.Sprintf("app-ggcr-%d", n)
-		reg.PushIndex(b, repoA+":1", app)
-		reg.PushIndex(b, repoB+":1", app)
-
-		proxy.Reset()
-		start := time.Now()
-		var out, errb bytes.Buffer
-		if code := cli.Main([]string{"http://" + host, repoA + ":1", "--from-base", "base:1", "--to-base", "base:2"}, &out, &errb); code != 0 {
-			b.Fatalf("image-rebase: exit %d: %s", code, errb.String())
-		}
-		ours.add(proxy, layers, time.Since(start))
-
-		proxy.Reset()
-		start = time.Now()
-		if err := ggcrRebaseIndex(host, repoB+":1", "base:1", "base:2"); err != nil {
-			b.Fatal(err)
-		}
-		ggcr.add(proxy, layers, time.Since(start))
+			names := []string{"insecure", "http", "ggcr", "insecure-rerun"}
+			ms := map[string]*measure{}
+			for _, k := range names {
+				ms[k] = &measure{}
+			}
+			timed := func(k string, f func()) {
+				proxy.Reset()
+				start := time.Now()
+				f()
+				ms[k].add(proxy, layers, time.Since(start))
+			}
+			n := 0
+			for b.Loop() {
+				n++
+				repo := func(k string) string {
+					r := fmt.Sprintf("app-%s-%d", k, n)
+					reg.PushIndex(b, r+":1", app)
+					return r + ":1"
+				}
+				for _, f := range forms {
+					r := repo(f.name)
+					timed(f.name, func() { rebaseCLI(b, f, host, r, "--from-base", "base:1", "--to-base", "base:2") })
+					if f.name == "insecure" {
+						timed("insecure-rerun", func() { rebaseCLI(b, f, host, r, "--from-base", "base:1", "--to-base", "base:2") })
+					}
+				}
+				r := repo("ggcr")
+				timed("ggcr", func() { must(0, ggcrRebaseIndex(host, r, "base:1", "base:2")) })
+			}
+			report(b, n, names, ms, func(string) string { return "ggcr" })
+		})
 	}
-	b.ReportMetric(float64(ours.requests)/float64(n), "requests/op")
-	b.ReportMetric(float64(ours.roundTrips)/float64(n), "roundtrips/op")
-	b.ReportMetric(float64(ours.blobBytes)/float64(n), "layerbytes/op")
-	b.ReportMetric(float64(ggcr.requests)/float64(n), "ggcr-requests/op")
-	b.ReportMetric(float64(ggcr.roundTrips)/float64(n), "ggcr-roundtrips/op")
-	b.ReportMetric(float64(ggcr.blobBytes)/float64(n), "ggcr-layerbytes/op")
-	b.ReportMetric(float64(ggcr.requests)/float64(ours.requests), "x-fewer-requests")
-	b.ReportMetric(float64(ggcr.wall)/float64(ours.wall), "x-faster")
-	b.Logf("image-rebase: %s", ours.per(n))
-	b.Logf("ggcr rebase:  %s", ggcr.per(n))
 }
 
 // ggcrRebaseIndex rebases each platform of an index with mutate.Rebase onto

@@ -3,13 +3,16 @@ package bench
 import (
 	"bytes"
 	"fmt"
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/google/go-containerregistry/pkg/name"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/empty"
 	"github.com/google/go-containerregistry/pkg/v1/mutate"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
+	"github.com/google/go-containerregistry/pkg/v1/types"
 
 	"github.com/image-rebase/image-rebase/cli"
 	"github.com/image-rebase/image-rebase/internal/proxytest"
@@ -21,24 +24,34 @@ import (
 const latency = 50 * time.Millisecond
 
 // fixture pushes base:1 and base:2 (3 layers each, none shared: the worst
-// case) straight to the registry, and returns a builder of app images on
-// base:1 (2 layers of their own).
+// case) straight to the registry, and the same two as the linux/amd64
+// images of two-platform indexes mbase:1 and mbase:2 (their linux/arm64
+// images have other layers), and returns an app image on base:1 (2 layers
+// of its own), which is also on mbase:1.
 func fixture(b *testing.B, reg *regtest.Registry) v1.Image {
-	base := func(v string) v1.Image {
-		img, err := testimage.Build(nil, testimage.Linux,
-			testimage.Copy("ADD os", map[string]string{"etc/os-release": "v" + v, "bin/sh": "sh " + v}),
-			testimage.Copy("COPY lib", map[string]string{"lib/libc.so": "libc " + v}),
-			testimage.Copy("COPY certs", map[string]string{"etc/ssl/certs.pem": "certs " + v}),
+	base := func(v string, p testimage.Platform) v1.Image {
+		img, err := testimage.Build(nil, p,
+			testimage.Copy("ADD os", map[string]string{"etc/os-release": "v" + v + p.Arch, "bin/sh": "sh " + v + p.Arch}),
+			testimage.Copy("COPY lib", map[string]string{"lib/libc.so": "libc " + v + p.Arch}),
+			testimage.Copy("COPY certs", map[string]string{"etc/ssl/certs.pem": "certs " + v + p.Arch}),
 			testimage.Env("PATH=/usr/bin", "BASE="+v))
 		if err != nil {
 			b.Fatal(err)
 		}
 		return img
 	}
-	b1 := base("1")
-	reg.Push(b, "base:1", b1)
-	reg.Push(b, "base:2", base("2"))
-	app, err := testimage.Build(b1, testimage.Linux,
+	arm := testimage.Platform{OS: "linux", Arch: "arm64"}
+	for _, v := range []string{"1", "2"} {
+		amd := base(v, testimage.Linux)
+		reg.Push(b, "base:"+v, amd)
+		idx := mutate.IndexMediaType(empty.Index, types.OCIImageIndex)
+		for _, img := range []v1.Image{amd, base(v, arm)} {
+			p := must(testimage.PlatformOf(img))
+			idx = mutate.AppendManifests(idx, mutate.IndexAddendum{Add: img, Descriptor: v1.Descriptor{Platform: &v1.Platform{OS: p.OS, Architecture: p.Arch}}})
+		}
+		reg.PushIndex(b, "mbase:"+v, idx)
+	}
+	app, err := testimage.Build(reg.Image(b, "base:1"), testimage.Linux,
 		testimage.Copy("COPY app", map[string]string{"app/server": string(bytes.Repeat([]byte("x"), 1<<20))}),
 		testimage.Copy("COPY conf", map[string]string{"app/conf": "conf"}),
 		testimage.Env("MODE=prod"))
@@ -46,6 +59,28 @@ func fixture(b *testing.B, reg *regtest.Registry) v1.Image {
 		b.Fatal(err)
 	}
 	return app
+}
+
+// form is a way users name the registry on the command line.
+type form struct {
+	name string
+	args func(host string) []string // the registry's part of the arguments
+}
+
+// forms: a plain-HTTP registry named http://HOST (the REGISTRY argument),
+// and named HOST with --insecure, as most users type it for a test
+// registry.
+var forms = []form{
+	{"insecure", func(host string) []string { return []string{"--insecure", host} }},
+	{"http", func(host string) []string { return []string{"http://" + host} }},
+}
+
+// rebaseCLI runs image-rebase on the registry at host, named as f says.
+func rebaseCLI(b *testing.B, f form, host string, args ...string) {
+	var out, errb bytes.Buffer
+	if code := cli.Main(append(f.args(host), args...), &out, &errb); code != 0 {
+		b.Fatalf("image-rebase %s: exit %d: %s", f.name, code, errb.String())
+	}
 }
 
 type measure struct {
@@ -84,10 +119,32 @@ func (m measure) per(n int) string {
 		float64(m.roundTrips)/float64(n), m.blobBytes/int64(n), (m.wall / time.Duration(n)).Round(time.Millisecond))
 }
 
+// report writes the measures of each case and, for each case of ours, its
+// wall-time ratio to go-containerregistry's case that ggcr names.
+func report(b *testing.B, n int, names []string, ms map[string]*measure, ggcrOf func(string) string) {
+	for _, k := range names {
+		m := ms[k]
+		ggcr := ggcrOf(k)
+		b.ReportMetric(float64(m.requests)/float64(n), k+"-requests/op")
+		b.ReportMetric(float64(m.roundTrips)/float64(n), k+"-roundtrips/op")
+		b.ReportMetric(float64(m.blobBytes)/float64(n), k+"-layerbytes/op")
+		b.ReportMetric((m.wall / time.Duration(n)).Seconds()*1000, k+"-ms/op")
+		line := fmt.Sprintf("%-22s %s", k+":", m.per(n))
+		if k != ggcr && ms[ggcr] != nil {
+			r := float64(m.wall) / float64(ms[ggcr].wall)
+			b.ReportMetric(r, k+"-time/ggcr")
+			line += fmt.Sprintf(" = %.2f× go-containerregistry's time", r)
+		}
+		b.Logf("%s", line)
+	}
+}
+
 // BenchmarkRebase rebases one application image (base of 3 layers, all
-// replaced) with image-rebase and with go-containerregistry's rebase path,
-// each iteration on fresh copies of the same image, and reports both and
-// their ratios.
+// replaced) with image-rebase, the registry named as users type it
+// (--insecure HOST and http://HOST), and with go-containerregistry's rebase
+// path, each iteration on fresh copies of the same image; then the same
+// image with its bases given as two-platform indexes (mbase), by both; then
+// a rerun of image-rebase on an image already rebased.
 func BenchmarkRebase(b *testing.B) {
 	reg := regtest.Start(b)
 	app := fixture(b, reg)
@@ -95,43 +152,49 @@ func BenchmarkRebase(b *testing.B) {
 	defer proxy.Close()
 	host := proxy.Host()
 
-	layers := layerDigests(b, reg, "base:1", "base:2")
+	layers := layerDigests(b, reg, "base:1", "base:2", "mbase:1", "mbase:2")
 	for _, l := range must(app.Layers()) {
 		layers[must(l.Digest()).String()] = true
 	}
-	var ours, ggcr measure
+	names := []string{"insecure", "http", "ggcr", "insecure-indexbases", "ggcr-indexbases", "insecure-rerun"}
+	ms := map[string]*measure{}
+	for _, k := range names {
+		ms[k] = &measure{}
+	}
+	timed := func(k string, f func()) {
+		proxy.Reset()
+		start := time.Now()
+		f()
+		ms[k].add(proxy, layers, time.Since(start))
+	}
 	n := 0
 	for b.Loop() {
 		n++
-		repoA, repoB := fmt.Sprintf("app-ir-%d", n), fmt.Sprintf("app-ggcr-%d", n)
-		reg.Push(b, repoA+":1", app)
-		reg.Push(b, repoB+":1", app)
-
-		proxy.Reset()
-		start := time.Now()
-		var out, errb bytes.Buffer
-		if code := cli.Main([]string{"http://" + host, repoA + ":1", "--from-base", "base:1", "--to-base", "base:2"}, &out, &errb); code != 0 {
-			b.Fatalf("image-rebase: exit %d: %s", code, errb.String())
+		repo := func(k string) string {
+			r := fmt.Sprintf("app-%s-%d", k, n)
+			reg.Push(b, r+":1", app)
+			return r + ":1"
 		}
-		ours.add(proxy, layers, time.Since(start))
-
-		proxy.Reset()
-		start = time.Now()
-		if err := ggcrRebase(host, repoB+":1", "base:1", "base:2"); err != nil {
-			b.Fatal(err)
+		for _, f := range forms {
+			r := repo(f.name)
+			timed(f.name, func() { rebaseCLI(b, f, host, r, "--from-base", "base:1", "--to-base", "base:2") })
+			if f.name == "insecure" {
+				timed("insecure-rerun", func() { rebaseCLI(b, f, host, r, "--from-base", "base:1", "--to-base", "base:2") })
+			}
 		}
-		ggcr.add(proxy, layers, time.Since(start))
+		r := repo("ggcr")
+		timed("ggcr", func() { must(0, ggcrRebase(host, r, "base:1", "base:2")) })
+		r = repo("ir-mbase")
+		timed("insecure-indexbases", func() { rebaseCLI(b, forms[0], host, r, "--from-base", "mbase:1", "--to-base", "mbase:2") })
+		r = repo("ggcr-mbase")
+		timed("ggcr-indexbases", func() { must(0, ggcrRebase(host, r, "mbase:1", "mbase:2")) })
 	}
-	b.ReportMetric(float64(ours.requests)/float64(n), "requests/op")
-	b.ReportMetric(float64(ours.roundTrips)/float64(n), "roundtrips/op")
-	b.ReportMetric(float64(ours.blobBytes)/float64(n), "layerbytes/op")
-	b.ReportMetric(float64(ggcr.requests)/float64(n), "ggcr-requests/op")
-	b.ReportMetric(float64(ggcr.roundTrips)/float64(n), "ggcr-roundtrips/op")
-	b.ReportMetric(float64(ggcr.blobBytes)/float64(n), "ggcr-layerbytes/op")
-	b.ReportMetric(float64(ggcr.requests)/float64(ours.requests), "x-fewer-requests")
-	b.ReportMetric(float64(ggcr.wall)/float64(ours.wall), "x-faster")
-	b.Logf("image-rebase: %s", ours.per(n))
-	b.Logf("ggcr rebase:  %s", ggcr.per(n))
+	report(b, n, names, ms, func(k string) string {
+		if strings.HasSuffix(k, "indexbases") {
+			return "ggcr-indexbases"
+		}
+		return "ggcr"
+	})
 }
 
 // ggcrRebase is go-containerregistry's rebase path, as `crane rebase` runs it.
