@@ -128,7 +128,7 @@ func report(b *testing.B, n int, names []string, ms map[string]*measure, ggcrOf 
 		b.ReportMetric(float64(m.requests)/float64(n), k+"-requests/op")
 		b.ReportMetric(float64(m.roundTrips)/float64(n), k+"-roundtrips/op")
 		b.ReportMetric(float64(m.blobBytes)/float64(n), k+"-layerbytes/op")
-		b.ReportMetric((m.wall / time.Duration(n)).Seconds()*1000, k+"-ms/op")
+		b.ReportMetric((m.wall/time.Duration(n)).Seconds()*1000, k+"-ms/op")
 		line := fmt.Sprintf("%-22s %s", k+":", m.per(n))
 		if k != ggcr && ms[ggcr] != nil {
 			r := float64(m.wall) / float64(ms[ggcr].wall)
