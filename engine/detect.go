@@ -192,10 +192,10 @@ func searchOldBase(ctx context.Context, choice *basedetect.Choice, img *manifest
 		more = fmt.Sprintf(" (the last %d of its tags, in sorted order)", m.searched)
 	}
 	if m.img == nil {
-		if m.searched == 0 {
+		if !m.listed {
 			return nil, "", nil
 		}
-		return nil, fmt.Sprintf("no tag of %s holds the old base: %d tags read%s", loc.Repo.Name(), m.searched, more), nil
+		return nil, fmt.Sprintf("no tag of %s holds the old base (%d other tags read%s)", loc.Repo.Name(), m.searched, more), nil
 	}
 	return m.img, fmt.Sprintf("the old base was found among the tags of %s: %s (%s), whose layers are the image's bottom %d%s",
 		loc.Repo.Name(), strings.Join(m.tags, ", "), m.img.Descriptor.Digest, len(m.img.Manifest.Layers), more), nil
