@@ -1,8 +1,10 @@
 package cli_test
 
 import (
+	"fmt"
 	"strings"
 	"testing"
+	"time"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/empty"
@@ -235,4 +237,72 @@ func anyContains(list []string, s string) bool {
 		}
 	}
 	return false
+}
+
+// An explicit rebase moves the label that names the base to the new base
+// (and the history entry that set it, and those recorded with the old
+// base's values), so that the next automatic rebase keeps it there.
+func TestExplicitRebaseMovesTheLabel(t *testing.T) {
+	const p1, p2 = "/usr/local/bin:/bin", "/opt/new/bin:/usr/local/bin:/bin"
+	at := func(day int) ti.Step { return ti.At(time.Date(2026, 1, day, 0, 0, 0, 0, time.UTC)) }
+	b1 := build(t, nil, append([]ti.Step{at(1)}, bkStep(ti.Copy("COPY os /etc/os # buildkit", map[string]string{"etc/os": "1"})), bkStep(ti.Env("PATH="+p1)), bkStep(ti.Workdir("/srv")))...)
+	b2 := build(t, nil, append([]ti.Step{at(2)}, bkStep(ti.Copy("COPY os /etc/os # buildkit", map[string]string{"etc/os": "2"})), bkStep(ti.Env("PATH="+p2)), bkStep(ti.Workdir("/srv2")))...)
+	a := build(t, b1, bkStep(ti.Label("FROM", "base:1")), bkStep(ti.Env("PATH=/app/bin:"+p1)), bkStep(ti.Workdir("/srv/app")),
+		bkStep(ti.Copy("COPY app /app/bin/app # buildkit", map[string]string{"app/bin/app": "app"})))
+	// The rebuild from the same Dockerfile, edited to name base:2.
+	rebuilt := build(t, b2, bkStep(ti.Label("FROM", "base:2")), bkStep(ti.Env("PATH=/app/bin:"+p2)), bkStep(ti.Workdir("/srv2/app")),
+		bkStep(ti.Copy("COPY app /app/bin/app # buildkit", map[string]string{"app/bin/app": "app"})))
+
+	for _, keep := range []bool{false, true} {
+		t.Run(fmt.Sprintf("keep-label=%v", keep), func(t *testing.T) {
+			reg := startRegistry(t)
+			h := "http://" + reg.Host
+			reg.Push(t, "base:1", b1)
+			reg.Push(t, "base:2", b2)
+			reg.Push(t, "app:1", a)
+			args := []string{h, "app:1", "--from-base", "base:1", "--to-base", "base:2", "-o", "json"}
+			if keep {
+				args = append(args, "--keep-label")
+			}
+			code, out, stderr := run(t, args...)
+			if code != 0 {
+				t.Fatalf("exit %d: %s%s", code, out, stderr)
+			}
+			cf, want := configOf(t, reg.Image(t, "app:1")), configOf(t, rebuilt)
+			if keep {
+				if cf.Config.Labels["FROM"] != "base:1" || !strings.Contains(out, "label-kept") {
+					t.Fatalf("--keep-label: label %q\n%s", cf.Config.Labels["FROM"], out)
+				}
+			} else {
+				if cf.Config.Labels["FROM"] != "base:2" || strings.Contains(out, "label-kept") {
+					t.Fatalf("label %q, want base:2, without label-kept\n%s", cf.Config.Labels["FROM"], out)
+				}
+				var got, wantHist []string
+				for _, h := range cf.History {
+					got = append(got, h.CreatedBy)
+				}
+				for _, h := range want.History {
+					wantHist = append(wantHist, h.CreatedBy)
+				}
+				if fmt.Sprint(got) != fmt.Sprint(wantHist) {
+					t.Errorf("history\n %q\nwant the rebuild's\n %q", got, wantHist)
+				}
+			}
+			if envOf(cf, "PATH") != envOf(want, "PATH") || cf.Config.WorkingDir != want.Config.WorkingDir {
+				t.Errorf("PATH %q WORKDIR %q, want the rebuild's %q %q", envOf(cf, "PATH"), cf.Config.WorkingDir, envOf(want, "PATH"), want.Config.WorkingDir)
+			}
+
+			// The next automatic rebase: up to date, or (label kept) a
+			// warning that it moves the image back onto the older base.
+			code, out, stderr = run(t, h, "app:1", "--dry-run", "-o", "json")
+			switch {
+			case code != 0:
+				t.Fatalf("automatic: exit %d: %s%s", code, out, stderr)
+			case !keep && !strings.Contains(out, `"up-to-date"`):
+				t.Errorf("automatic after the explicit rebase: want up to date\n%s", out)
+			case keep && (!strings.Contains(out, "base-older") || !strings.Contains(out, "label FROM=base:1")):
+				t.Errorf("automatic after --keep-label: want a base-older warning naming the label\n%s", out)
+			}
+		})
+	}
 }
