@@ -155,6 +155,34 @@ func TestMerge(t *testing.T) {
 			warn:  []string{CodeOldValueEmbedded, CodeWorkdirMoved},
 		},
 		{
+			name: "three-way without history: an entrypoint set by a tool (crane, umoci) leaves the inherited CMD to follow the base",
+			old:  baseV1, nw: baseV2,
+			app: appOn(baseV1, func(c *v1.Config) {
+				c.Entrypoint = []string{"/app"}
+			}),
+			hist:  []v1.History{{CreatedBy: "umoci config"}},
+			style: StyleUnknown,
+			want: func(t *testing.T, r *Result) {
+				if !slices.Equal(r.Config.Cmd, []string{"/bin/bash"}) || !slices.Equal(r.Config.Entrypoint, []string{"/app"}) {
+					t.Errorf("cmd %q entrypoint %q, want the new base's CMD and the image's entrypoint", r.Config.Cmd, r.Config.Entrypoint)
+				}
+			},
+		},
+		{
+			name: "three-way with an ENTRYPOINT in the history: the inherited CMD was reset, the image's stays",
+			old:  baseV1, nw: baseV2,
+			app: appOn(baseV1, func(c *v1.Config) {
+				c.Entrypoint = []string{"/app"}
+			}),
+			hist:  []v1.History{{CreatedBy: "umoci config"}, nop(`ENTRYPOINT ["/app"]`), nop(`CMD ["/bin/sh"]`)},
+			style: StyleUnknown,
+			want: func(t *testing.T, r *Result) {
+				if !slices.Equal(r.Config.Cmd, []string{"/bin/sh"}) {
+					t.Errorf("cmd %q, want the image's", r.Config.Cmd)
+				}
+			},
+		},
+		{
 			name: "as-written history: instructions replayed on the new base",
 			old:  baseV1, nw: baseV2,
 			app: appOn(baseV1, func(c *v1.Config) {
