@@ -558,7 +558,9 @@ func TestEmbeddedValueNamesTheLongestOldValue(t *testing.T) {
 	for _, tc := range []struct {
 		s, sub string
 		want   bool
-	}{{"from 1", "1", true}, {"1.5", "1", false}, {"/opt/java/17/bin", "/opt/java/17", true}, {"v10", "1", false}, {"a 1", "1", true}} {
+	}{{"from 1", "1", true}, {"1.5", "1", false}, {"/opt/java/17/bin", "/opt/java/17", true}, {"v10", "1", false}, {"a 1", "1", true},
+		// ${BASEVER}-x as BuildKit records it.
+		{"1-x", "1", true}, {"x-1", "1", true}, {"v1", "1", false}, {"1_x", "1", false}} {
 		if got := containsWord(tc.s, tc.sub); got != tc.want {
 			t.Errorf("containsWord(%q, %q) = %v", tc.s, tc.sub, got)
 		}

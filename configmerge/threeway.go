@@ -228,8 +228,8 @@ func embedsChanged(v, skip string, oEnv, nEnv map[string]string) (string, string
 }
 
 // containsWord reports whether s contains sub as a whole word: no letter,
-// digit, '.', '_' or '-' right before or after it ("from 1" contains 1,
-// "1.5" does not).
+// digit, '.' or '_' right before or after it ("from 1" and "1-x" contain
+// 1, "1.5" and "v1" do not).
 func containsWord(s, sub string) bool {
 	for i := 0; ; {
 		j := strings.Index(s[i:], sub)
@@ -245,5 +245,5 @@ func containsWord(s, sub string) bool {
 }
 
 func isAlnum(c byte) bool {
-	return c >= '0' && c <= '9' || c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c == '.' || c == '_' || c == '-'
+	return c >= '0' && c <= '9' || c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c == '.' || c == '_'
 }
