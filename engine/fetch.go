@@ -155,9 +155,23 @@ type cacheEntry struct {
 	err  error
 }
 
-// get returns the manifest of the image with digest dg in repo, named ref
-// in messages. Its config is read by the doc's config method.
-func (c *imageCache) get(ctx context.Context, repo Repo, dg v1.Hash, ref string) (*doc, error) {
+// get returns the image with digest dg in repo, named ref in messages:
+// its manifest, then its config.
+func (c *imageCache) get(ctx context.Context, repo Repo, dg v1.Hash, ref string) (*manifest.Image, error) {
+	d, err := c.getDoc(ctx, repo, dg, ref)
+	if err != nil {
+		return nil, err
+	}
+	if err := d.config(ctx); err != nil {
+		return nil, err
+	}
+	return d.image, nil
+}
+
+// getDoc returns the manifest of the image with digest dg in repo, named
+// ref in messages. Its config is read by the doc's config method, when a
+// plan needs it.
+func (c *imageCache) getDoc(ctx context.Context, repo Repo, dg v1.Hash, ref string) (*doc, error) {
 	key := repo.Name() + "@" + dg.String()
 	c.mu.Lock()
 	if c.m == nil {
@@ -198,7 +212,7 @@ func (c *imageCache) child(ctx context.Context, d *doc, p v1.Platform) (*doc, er
 	if err != nil {
 		return nil, err
 	}
-	return c.get(ctx, d.loc.Repo, desc.Digest, fmt.Sprintf("%s [%s]", d.loc, platform.String(*desc.Platform)))
+	return c.getDoc(ctx, d.loc.Repo, desc.Digest, fmt.Sprintf("%s [%s]", d.loc, platform.String(*desc.Platform)))
 }
 
 // forPlatform returns the single-platform image of d that serves p, config

@@ -7,11 +7,13 @@ import (
 	"errors"
 	"fmt"
 	"maps"
+	"slices"
 	"strings"
 	"sync"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 
+	"github.com/image-rebase/image-rebase/basedetect"
 	"github.com/image-rebase/image-rebase/manifest"
 	"github.com/image-rebase/image-rebase/platform"
 	"github.com/image-rebase/image-rebase/rebase"
@@ -23,6 +25,9 @@ type platformWork struct {
 	desc v1.Descriptor
 	name string
 	plan *rebase.Plan
+	// detection says how the platform's old base was found, in automatic
+	// mode.
+	detection *basedetect.Decision
 	// session is the platform's config upload, opened alongside the
 	// configs' reads when the platform is not on NEW yet.
 	session BlobUpload
@@ -33,8 +38,8 @@ type platformWork struct {
 // order, annotations and platform fields. Rounds after the indexes: the
 // platform images' manifests (the image's and the bases'); their configs,
 // with each platform's config upload opened alongside, unless the manifests
-// show the platform already on NEW (then no config is read); the blobs and
-// configs; the platform manifests; the index.
+// show the platform already on NEW (then no config is read: see onBase);
+// the blobs and configs; the platform manifests; the index.
 func rebaseIndex(ctx context.Context, req Request, target WritableRepo, img, from, to *doc) (*Result, error) {
 	return rebaseIndexIn(ctx, req, target, img, from, to, nil)
 }
@@ -42,7 +47,70 @@ func rebaseIndex(ctx context.Context, req Request, target WritableRepo, img, fro
 // rebaseIndexIn is rebaseIndex within a batch run (nil for a single rebase):
 // the bases' platform images come from the run's cache.
 func rebaseIndexIn(ctx context.Context, req Request, target WritableRepo, img, from, to *doc, r *run) (*Result, error) {
-	res := &Result{Image: req.Image.String(), Target: req.Target.String(), Before: img.desc.Digest, Warnings: []rebase.Warning{}}
+	work, err := indexWork(req, img)
+	if err != nil {
+		return nil, err
+	}
+	var cache imageCache
+	bases := r.bases()
+	err = eachPlatform(work, func(w *platformWork) error {
+		// The index says the platform: the bases' images are read
+		// alongside the image's, not after it.
+		p := *w.desc.Platform
+		var app, old, nw *doc
+		var aerr, oerr, nerr error
+		var inner sync.WaitGroup
+		inner.Go(func() {
+			app, aerr = cache.getDoc(ctx, req.Image.Repo, w.desc.Digest, fmt.Sprintf("%s [%s]", req.Image, w.name))
+		})
+		inner.Go(func() { old, oerr = bases.child(ctx, from, p) })
+		inner.Go(func() { nw, nerr = bases.child(ctx, to, p) })
+		inner.Wait()
+		if err := firstError(aerr, oerr, nerr); err != nil {
+			return err
+		}
+		if onBase(app.image, nw.image) {
+			w.plan = upToDatePlan(app, nw.image)
+			return nil
+		}
+		var serr error
+		cerrs := make([]error, 3)
+		for j, d := range []*doc{app, old, nw} {
+			inner.Go(func() { cerrs[j] = d.config(ctx) })
+		}
+		if target != nil {
+			inner.Go(func() { w.session, serr = target.StartUpload(ctx) })
+		}
+		inner.Wait()
+		if err := firstError(append(cerrs, serr)...); err != nil {
+			return err
+		}
+		var err error
+		if w.plan, err = explicitPlan(req, app.image, old.image, nw.image); err != nil {
+			return fmt.Errorf("platform %s: %w", w.name, err)
+		}
+		return nil
+	})
+	if err != nil {
+		cancelSessions(ctx, work)
+		return nil, err
+	}
+	return finishIndex(ctx, req, target, img, rebase.BaseRef{Ref: from.loc.String(), Digest: from.desc.Digest}, to, work, r)
+}
+
+// cancelSessions abandons the platforms' config uploads still open.
+func cancelSessions(ctx context.Context, work []*platformWork) {
+	for _, w := range work {
+		if w.session != nil {
+			w.session.Cancel(context.WithoutCancel(ctx))
+			w.session = nil
+		}
+	}
+}
+
+// indexWork lists the platform images of an index that the request
+// rebases, refusing what it cannot do.
+func indexWork(req Request, img *doc) ([]*platformWork, error) {
 	var work []*platformWork
 	var skipped []string
 	for i, d := range img.index.Manifests {
@@ -65,69 +133,25 @@ func rebaseIndexIn(ctx context.Context, req Request, target WritableRepo, img, f
 	if len(skipped) > 0 && !req.KeepOtherPlatforms {
 		return nil, &rebase.RefusedError{Reason: fmt.Sprintf("--platform leaves %s of %s unrebased; pass --keep-other-platforms to keep them unchanged in the new index", strings.Join(skipped, ", "), req.Image)}
 	}
+	return work, nil
+}
 
-	var cache imageCache
-	bases := &cache
-	if r != nil {
-		bases = r.bases()
-	}
+// eachPlatform runs plan for every platform concurrently and returns the
+// first failure.
+func eachPlatform(work []*platformWork, plan func(w *platformWork) error) error {
 	errs := make([]error, len(work))
-	cancel := func() {
-		for _, w := range work {
-			if w.session != nil {
-				w.session.Cancel(context.WithoutCancel(ctx))
-				w.session = nil
-			}
-		}
-	}
 	var wg sync.WaitGroup
 	for i, w := range work {
-		wg.Go(func() {
-			// The index says the platform: the bases' images are read
-			// alongside the image's, not after it.
-			p := *w.desc.Platform
-			var app, old, nw *doc
-			var aerr, oerr, nerr error
-			var inner sync.WaitGroup
-			inner.Go(func() {
-				app, aerr = cache.get(ctx, req.Image.Repo, w.desc.Digest, fmt.Sprintf("%s [%s]", req.Image, w.name))
-			})
-			inner.Go(func() { old, oerr = bases.child(ctx, from, p) })
-			inner.Go(func() { nw, nerr = bases.child(ctx, to, p) })
-			inner.Wait()
-			if err := firstError(aerr, oerr, nerr); err != nil {
-				errs[i] = err
-				return
-			}
-			if onBase(app.image, nw.image) {
-				w.plan = upToDatePlan(app, nw.image)
-				return
-			}
-			var serr error
-			cerrs := make([]error, 3)
-			for j, d := range []*doc{app, old, nw} {
-				inner.Go(func() { cerrs[j] = d.config(ctx) })
-			}
-			if target != nil {
-				inner.Go(func() { w.session, serr = target.StartUpload(ctx) })
-			}
-			inner.Wait()
-			if err := firstError(append(cerrs, serr)...); err != nil {
-				errs[i] = err
-				return
-			}
-			var err error
-			if w.plan, err = Plan(app.image, old.image, nw.image); err != nil {
-				errs[i] = fmt.Errorf("platform %s: %w", w.name, err)
-			}
-		})
+		wg.Go(func() { errs[i] = plan(w) })
 	}
 	wg.Wait()
-	if err := firstError(errs...); err != nil {
-		cancel()
-		return nil, err
-	}
+	return firstError(errs...)
+}
 
+// finishIndex turns the platforms' plans into the result: up to date, a
+// dry run, or the new index written. old names the old base for the result.
+func finishIndex(ctx context.Context, req Request, target WritableRepo, img *doc, old rebase.BaseRef, to *doc, work []*platformWork, r *run) (*Result, error) {
+	res := &Result{Image: req.Image.String(), Target: req.Target.String(), Before: img.desc.Digest, Warnings: []rebase.Warning{}}
 	upToDate := true
 	for _, w := range work {
 		action := UpToDate
@@ -136,14 +160,21 @@ func rebaseIndexIn(ctx context.Context, req Request, target WritableRepo, img, f
 			upToDate = false
 			action, after = WouldRebase, w.plan.ManifestDescriptor.Digest
 		}
-		res.Platforms = append(res.Platforms, PlatformResult{Platform: w.name, Action: action, Before: w.desc.Digest, After: after, Plan: w.plan})
-		for _, wn := range w.plan.Warnings {
+		res.Platforms = append(res.Platforms, PlatformResult{Platform: w.name, Action: action, Before: w.desc.Digest, After: after, Plan: w.plan, Detection: w.detection})
+		warnings := w.plan.Warnings
+		if w.detection != nil {
+			warnings = append(slices.Clone(w.detection.Warnings), warnings...)
+		}
+		for _, wn := range warnings {
 			res.Warnings = append(res.Warnings, rebase.Warning{Code: wn.Code, Message: w.name + ": " + wn.Message})
 		}
 		res.OldBase, res.NewBase = w.plan.OldBase, w.plan.NewBase
+		if res.Detection == nil {
+			res.Detection = w.detection
+		}
 	}
-	res.OldBase.Ref, res.NewBase.Ref = from.loc.String(), to.loc.String()
-	res.OldBase.Digest, res.NewBase.Digest = from.desc.Digest, to.desc.Digest
+	res.OldBase.Ref, res.NewBase.Ref = old.Ref, to.loc.String()
+	res.OldBase.Digest, res.NewBase.Digest = old.Digest, to.desc.Digest
 	if upToDate {
 		res.Action, res.After = UpToDate, img.desc.Digest
 		return res, nil
@@ -151,13 +182,13 @@ func rebaseIndexIn(ctx context.Context, req Request, target WritableRepo, img, f
 
 	raw, desc, warnings, err := newIndex(img, to, work, req.KeepAttestations)
 	if err != nil {
-		cancel()
+		cancelSessions(ctx, work)
 		return nil, err
 	}
 	res.Warnings = append(res.Warnings, warnings...)
 	res.After = desc.Digest
 	if req.Strict && len(res.Warnings) > 0 {
-		cancel()
+		cancelSessions(ctx, work)
 		res.Action = Refused
 		return res, strictRefusal(res.Warnings)
 	}
