@@ -142,13 +142,42 @@ func (f batchFigures) all(n int) float64 { return float64(f.requests) / float64(
 
 func (f batchFigures) perImage(n int) float64 { return float64(f.requests-f.shared) / float64(n) }
 
+// runs collects a case's figures over the iterations.
+type runs []batchFigures
+
+// wall is "min–max" of the wall times, or the one time.
+func (rs runs) wall() string {
+	lo, hi := rs[0].wall, rs[0].wall
+	for _, f := range rs {
+		lo, hi = min(lo, f.wall), max(hi, f.wall)
+	}
+	if lo.Round(10*time.Millisecond) == hi.Round(10*time.Millisecond) {
+		return lo.Round(10 * time.Millisecond).String()
+	}
+	return fmt.Sprintf("%s–%s", lo.Round(10*time.Millisecond), hi.Round(10*time.Millisecond))
+}
+
+// mean is the mean wall time in seconds.
+func (rs runs) mean() float64 {
+	var t time.Duration
+	for _, f := range rs {
+		t += f.wall
+	}
+	return (t / time.Duration(len(rs))).Seconds()
+}
+
+// last is the last iteration's figures (requests do not vary).
+func (rs runs) last() batchFigures { return rs[len(rs)-1] }
+
 // BenchmarkBatch rebases 100 application images on one base (3 layers,
 // all replaced) with `image-rebase batch`, the registry named --insecure
 // HOST and http://HOST, in 10 repositories of 10 tags, then runs the batch
 // again on the up-to-date images; then variants (-j 16, 100 repositories of
 // one tag, --recheck-after 0, 25 images for memory). go-containerregistry's
 // rebase path rebases copies of the same 100 images one by one. -short runs
-// go-containerregistry on 10 images and scales its time to 100.
+// go-containerregistry on 10 images and scales its time to 100. The
+// figures of every iteration are reported together at the end: wall times
+// as min–max, requests (which do not vary) once.
 func BenchmarkBatch(b *testing.B) {
 	reg := regtest.Start(b)
 	fixture(b, reg)
@@ -156,33 +185,37 @@ func BenchmarkBatch(b *testing.B) {
 	defer proxy.Close()
 	insecure, http := forms[0], forms[1]
 
+	cases := map[string]runs{}
+	var ggcrWalls []time.Duration
+	var ggcrReqs float64
+	ggcrN := batchSize
+	if testing.Short() {
+		ggcrN = 10
+	}
 	n := 0
 	for b.Loop() {
 		n++
 		p := fmt.Sprintf("r%d-", n)
-		ggcrN := batchSize
-		if testing.Short() {
-			ggcrN = 10
-		}
 		ggcrRefs := appsOnBase1(b, reg, p+"ggcr", ggcrN, 10)
 		apps := func(name string, n, repos int) []string { return appsOnBase1(b, reg, p+name, n, repos) }
-		check := func(what string, f batchFigures, action string, n int) batchFigures {
-			if f.byAction[action] != n {
-				b.Fatalf("%s: %v, want %d %s", what, f.byAction, n, action)
+		measure := func(name string, f form, refs []string, action string, extra ...string) {
+			fig := runBatch(b, proxy, reg, f, refs, extra...)
+			if fig.byAction[action] != len(refs) {
+				b.Fatalf("%s: %v, want %d %s", name, fig.byAction, len(refs), action)
 			}
-			return f
+			cases[name] = append(cases[name], fig)
 		}
 
 		refs := apps("app", batchSize, 10)
-		batch := check("batch", runBatch(b, proxy, reg, insecure, refs), "rebased", batchSize)
-		rerun := check("rerun", runBatch(b, proxy, reg, insecure, refs), "up-to-date", batchSize)
+		measure("batch", insecure, refs, "rebased")
+		measure("rerun", insecure, refs, "up-to-date")
 		refs = apps("http", batchSize, 10)
-		httpBatch := check("http batch", runBatch(b, proxy, reg, http, refs), "rebased", batchSize)
-		httpRerun := check("http rerun", runBatch(b, proxy, reg, http, refs), "up-to-date", batchSize)
-		j16 := check("-j 16", runBatch(b, proxy, reg, insecure, apps("j16", batchSize, 10), "-j", "16"), "rebased", batchSize)
-		solo := check("100 repositories", runBatch(b, proxy, reg, insecure, apps("solo", batchSize, batchSize)), "rebased", batchSize)
-		recheck := check("--recheck-after 0", runBatch(b, proxy, reg, insecure, apps("recheck", batchSize, 10), "--recheck-after", "0"), "rebased", batchSize)
-		quarter := check("25 images", runBatch(b, proxy, reg, insecure, apps("quarter", batchSize/4, 10)), "rebased", batchSize/4)
+		measure("http-batch", http, refs, "rebased")
+		measure("http-rerun", http, refs, "up-to-date")
+		measure("j16", insecure, apps("j16", batchSize, 10), "rebased", "-j", "16")
+		measure("100repos", insecure, apps("solo", batchSize, batchSize), "rebased")
+		measure("recheck", insecure, apps("recheck", batchSize, 10), "rebased", "--recheck-after", "0")
+		measure("25images", insecure, apps("quarter", batchSize/4, 10), "rebased")
 
 		proxy.Reset()
 		start := time.Now()
@@ -191,39 +224,43 @@ func BenchmarkBatch(b *testing.B) {
 				b.Fatal(err)
 			}
 		}
-		ggcrWall := time.Since(start) * time.Duration(batchSize) / time.Duration(ggcrN)
-		ggcrReqs := float64(proxy.Stats().Requests) / float64(ggcrN)
-
-		b.ReportMetric(batch.wall.Seconds(), "batch-s")
-		b.ReportMetric(float64(batch.requests), "batch-requests")
-		b.ReportMetric(batch.perImage(batchSize), "requests/image")
-		b.ReportMetric(float64(batch.requests-batch.shared-batch.mounts)/batchSize, "requests/image-without-mounts")
-		b.ReportMetric(rerun.wall.Seconds(), "rerun-s")
-		b.ReportMetric(rerun.all(batchSize), "rerun-requests/image")
-		b.ReportMetric(float64(rerun.roundTrips), "rerun-roundtrips")
-		b.ReportMetric(httpBatch.wall.Seconds(), "http-batch-s")
-		b.ReportMetric(httpRerun.wall.Seconds(), "http-rerun-s")
-		b.ReportMetric(j16.wall.Seconds(), "j16-s")
-		b.ReportMetric(solo.wall.Seconds(), "100repos-s")
-		b.ReportMetric(solo.perImage(batchSize), "100repos-requests/image")
-		b.ReportMetric(recheck.wall.Seconds(), "recheck-s")
-		b.ReportMetric(recheck.perImage(batchSize), "recheck-requests/image")
-		b.ReportMetric(ggcrWall.Seconds(), "ggcr-s")
-		b.ReportMetric(ggcrReqs, "ggcr-requests/image")
-		b.ReportMetric(batch.wall.Seconds()/ggcrWall.Seconds(), "batch-time/ggcr")
-		b.ReportMetric(batch.allocPerImage/1024, "alloc-KiB/image")
-		b.ReportMetric(batch.peakHeapInUseMB, "peak-heap-MiB")
-		b.ReportMetric(quarter.peakHeapInUseMB, "25images-peak-heap-MiB")
-		b.Logf("batch, --insecure HOST, 10 repositories × 10 tags: %s, %d requests (%d shared: base documents; %d mounts), %.2f requests/image after the shared documents, %.2f without mounts, %d tag re-reads, %d round trips",
-			batch.wall.Round(time.Millisecond), batch.requests, batch.shared, batch.mounts, batch.perImage(batchSize), float64(batch.requests-batch.shared-batch.mounts)/batchSize, batch.heads, batch.roundTrips)
-		b.Logf("rerun (all up to date): %s, %d requests, %.2f requests/image (all requests), %d round trips", rerun.wall.Round(time.Millisecond), rerun.requests, rerun.all(batchSize), rerun.roundTrips)
-		b.Logf("http://HOST: batch %s (%d requests), rerun %s (%d requests)", httpBatch.wall.Round(time.Millisecond), httpBatch.requests, httpRerun.wall.Round(time.Millisecond), httpRerun.requests)
-		b.Logf("-j 16: batch %s", j16.wall.Round(time.Millisecond))
-		b.Logf("batch, 100 repositories × 1 tag: %s, %d requests (%d mounts), %.2f requests/image", solo.wall.Round(time.Millisecond), solo.requests, solo.mounts, solo.perImage(batchSize))
-		b.Logf("batch with --recheck-after 0: %s, %.2f requests/image, %d tag re-reads", recheck.wall.Round(time.Millisecond), recheck.perImage(batchSize), recheck.heads)
-		b.Logf("go-containerregistry one by one: %s for 100 (measured on %d), %.1f requests/image; batch takes %.3f× its time",
-			ggcrWall.Round(time.Millisecond), ggcrN, ggcrReqs, batch.wall.Seconds()/ggcrWall.Seconds())
-		b.Logf("memory (client, in-process registry and proxy together): %.0f KiB allocated per image; peak heap in use +%.1f MiB for 100 images, +%.1f MiB for 25 (%.0f KiB allocated per image), +%.1f MiB for 100 repositories",
-			batch.allocPerImage/1024, batch.peakHeapInUseMB, quarter.peakHeapInUseMB, quarter.allocPerImage/1024, solo.peakHeapInUseMB)
+		ggcrWalls = append(ggcrWalls, time.Since(start)*time.Duration(batchSize)/time.Duration(ggcrN))
+		ggcrReqs = float64(proxy.Stats().Requests) / float64(ggcrN)
 	}
+
+	var ggcr time.Duration
+	for _, w := range ggcrWalls {
+		ggcr += w
+	}
+	ggcr /= time.Duration(len(ggcrWalls))
+	batch, rerun := cases["batch"], cases["rerun"]
+	bl, rl := batch.last(), rerun.last()
+	for _, k := range []string{"batch", "rerun", "http-batch", "http-rerun", "j16", "100repos", "recheck", "25images"} {
+		b.ReportMetric(cases[k].mean(), k+"-s")
+	}
+	b.ReportMetric(float64(bl.requests), "batch-requests")
+	b.ReportMetric(bl.perImage(batchSize), "requests/image")
+	b.ReportMetric(float64(bl.requests-bl.shared-bl.mounts)/batchSize, "requests/image-without-mounts")
+	b.ReportMetric(rl.all(batchSize), "rerun-requests/image")
+	b.ReportMetric(float64(rl.roundTrips), "rerun-roundtrips")
+	b.ReportMetric(cases["100repos"].last().perImage(batchSize), "100repos-requests/image")
+	b.ReportMetric(cases["recheck"].last().perImage(batchSize), "recheck-requests/image")
+	b.ReportMetric(ggcr.Seconds(), "ggcr-s")
+	b.ReportMetric(ggcrReqs, "ggcr-requests/image")
+	b.ReportMetric(batch.mean()/ggcr.Seconds(), "batch-time/ggcr")
+	b.ReportMetric(bl.allocPerImage/1024, "alloc-KiB/image")
+	b.ReportMetric(bl.peakHeapInUseMB, "peak-heap-MiB")
+	b.ReportMetric(cases["25images"].last().peakHeapInUseMB, "25images-peak-heap-MiB")
+
+	b.Logf("%d runs; wall times min–max", n)
+	b.Logf("batch, --insecure HOST, 10 repositories × 10 tags: %s, %d requests (%d shared: base documents; %d mounts), %.2f requests/image after the shared documents, %.2f without mounts, %d tag re-reads",
+		batch.wall(), bl.requests, bl.shared, bl.mounts, bl.perImage(batchSize), float64(bl.requests-bl.shared-bl.mounts)/batchSize, bl.heads)
+	b.Logf("rerun (all up to date): %s, %d requests, %.2f requests/image (all requests), %d round trips", rerun.wall(), rl.requests, rl.all(batchSize), rl.roundTrips)
+	b.Logf("http://HOST: batch %s (%d requests), rerun %s (%d requests)", cases["http-batch"].wall(), cases["http-batch"].last().requests, cases["http-rerun"].wall(), cases["http-rerun"].last().requests)
+	b.Logf("-j 16: batch %s; 100 repositories × 1 tag: %s, %.2f requests/image (%d mounts); --recheck-after 0: %s, %.2f requests/image",
+		cases["j16"].wall(), cases["100repos"].wall(), cases["100repos"].last().perImage(batchSize), cases["100repos"].last().mounts, cases["recheck"].wall(), cases["recheck"].last().perImage(batchSize))
+	b.Logf("go-containerregistry one by one: %s for 100 (measured on %d), %.1f requests/image; the batch takes %.3f× its time (means)",
+		ggcr.Round(10*time.Millisecond), ggcrN, ggcrReqs, batch.mean()/ggcr.Seconds())
+	b.Logf("memory (client, in-process registry and proxy together): %.0f KiB allocated per image; peak heap in use +%.1f MiB for 100 images, +%.1f MiB for 25, +%.1f MiB for 100 repositories",
+		bl.allocPerImage/1024, bl.peakHeapInUseMB, cases["25images"].last().peakHeapInUseMB, cases["100repos"].last().peakHeapInUseMB)
 }
