@@ -104,7 +104,7 @@ func (c *Choice) Decide(in Input) (*Decision, error) {
 	// The old base's manifest may still exist (same base named by the
 	// annotation): it gives the exact old config.
 	if in.Old != nil {
-		if len(in.Old.Manifest.Layers) == layers && rebase.HasLayerPrefix(img.Manifest.Layers, in.Old.Manifest.Layers) {
+		if len(in.Old.Manifest.Layers) == layers && rebase.CheckOnBase(img, in.Old) == nil {
 			return d.fromOldImage(img, in.Old)
 		}
 		d.Warnings = append(d.Warnings, Warning{Code: "base-sources-disagree", Message: fmt.Sprintf(
@@ -126,8 +126,8 @@ func (c *Choice) Decide(in Input) (*Decision, error) {
 
 // fromOldImage takes the old base's own manifest and config.
 func (d *Decision) fromOldImage(img, old *manifest.Image) (*Decision, error) {
-	if !rebase.HasLayerPrefix(img.Manifest.Layers, old.Manifest.Layers) {
-		return nil, refuse("%s is not built on %s (named by its %s annotation): the layers differ; pass --from-base or --layers", img.Ref, old.Ref, manifest.BaseDigestAnnotation)
+	if err := rebase.CheckOnBase(img, old); err != nil {
+		return nil, refuse("%v (the old base its %s annotation names); pass --from-base or --layers", err, manifest.BaseDigestAnnotation)
 	}
 	b, err := rebase.BaseFromImage(old)
 	if err != nil {

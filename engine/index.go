@@ -109,6 +109,9 @@ func rebaseIndexIn(ctx context.Context, req Request, target WritableRepo, img, f
 		for _, wn := range w.plan.Warnings {
 			res.Warnings = append(res.Warnings, rebase.Warning{Code: wn.Code, Message: w.name + ": " + wn.Message})
 		}
+		for _, n := range w.plan.Notes {
+			res.Notes = append(res.Notes, rebase.Note{Code: n.Code, Message: w.name + ": " + n.Message})
+		}
 		res.OldBase, res.NewBase = w.plan.OldBase, w.plan.NewBase
 	}
 	res.OldBase.Ref, res.NewBase.Ref = from.loc.String(), to.loc.String()

@@ -93,6 +93,10 @@ type Result struct {
 	NewBase     rebase.BaseRef   `json:"newBase"`
 	Transferred Transferred      `json:"transferred"`
 	Warnings    []rebase.Warning `json:"warnings"`
+	// Notes are the plan's notes (for an index, each platform's, prefixed
+	// with the platform): a base matched by content, build metadata
+	// dropped.
+	Notes []rebase.Note `json:"notes,omitempty"`
 	// Plan is the full plan, for --dry-run and -v (single-platform images).
 	Plan *rebase.Plan `json:"plan,omitempty"`
 	// Platforms holds one result per platform of an index.
@@ -300,6 +304,7 @@ func apply(ctx context.Context, req Request, plan *rebase.Plan, session BlobUplo
 		OldBase:  plan.OldBase,
 		NewBase:  plan.NewBase,
 		Warnings: plan.Warnings,
+		Notes:    plan.Notes,
 		Plan:     plan,
 	}
 	switch {

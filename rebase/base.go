@@ -95,9 +95,17 @@ func HasDiffIDPrefix(diffIDs, prefix []v1.Hash) bool {
 	return len(prefix) <= len(diffIDs) && slices.Equal(diffIDs[:len(prefix)], prefix)
 }
 
-// OnBase reports whether img, with its config, starts with the layers of
-// base, with its config, by diff_id.
-func OnBase(img, base *manifest.Image) bool {
-	return img.Config != nil && base.Config != nil && len(base.Config.RootFS.DiffIDs) > 0 &&
-		HasDiffIDPrefix(img.Config.RootFS.DiffIDs, base.Config.RootFS.DiffIDs)
+// CheckOnBase returns nil when img starts with the layers of base (both read
+// with their configs) by diff_id, and otherwise a *RefusedError naming both
+// references and the first layer that differs.
+func CheckOnBase(img, base *manifest.Image) error {
+	b, err := BaseFromImage(base)
+	if err != nil {
+		return err
+	}
+	if err := checkLayerCount(img); err != nil {
+		return err
+	}
+	_, err = matchBase(img, b)
+	return err
 }
