@@ -258,7 +258,7 @@ func TestPlan(t *testing.T) {
 		},
 		{
 			name: "old base matched by diff_id when the image stores it recompressed (zstd)", old: v1Base, nw: v2Base,
-			img: spec{ref: "reg/app:z", layers: []string{"a1~zstd", "a2~zstd", "a3~zstd", "app~zstd"}, history: app.history, config: app.config},
+			img:        spec{ref: "reg/app:z", layers: []string{"a1~zstd", "a2~zstd", "a3~zstd", "app~zstd"}, history: app.history, config: app.config},
 			wantLayers: append(names("b1", "b2", "b3"), digests([]v1.Descriptor{mustLayer("app~zstd")})...),
 			wantNotes:  []string{"matched-by-content: 3 of reg/base:1's 3 layers are stored in reg/app:z as other blobs (zstd there, gzip in the base) with the same diff_ids"},
 			check: func(t *testing.T, p *Plan, cfg *v1.ConfigFile, m *v1.Manifest) {
@@ -302,7 +302,9 @@ func TestPlan(t *testing.T) {
 		},
 		{
 			name: "refuses the same blob with two diff_ids (a corrupt config)", img: app, old: v1Base, nw: v2Base,
-			editOld: func(b *Base) { b.Config.RootFS.DiffIDs = []v1.Hash{b.Config.RootFS.DiffIDs[0], b.Config.RootFS.DiffIDs[0], b.Config.RootFS.DiffIDs[2]} },
+			editOld: func(b *Base) {
+				b.Config.RootFS.DiffIDs = []v1.Hash{b.Config.RootFS.DiffIDs[0], b.Config.RootFS.DiffIDs[0], b.Config.RootFS.DiffIDs[2]}
+			},
 			wantErr: "layer 2 is the same blob",
 		},
 		{
