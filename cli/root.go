@@ -139,7 +139,7 @@ func addRebaseFlags(cmd *cobra.Command, f *rebaseFlags) {
 	fl.StringVar(&f.backupTag, "backup-tag", "", "before moving a tag, tag the image it named with this template ({tag} is the tag), e.g. {tag}-prev")
 	fl.StringArrayVar(&f.platforms, "platform", nil, "rebase only this platform of an index (os/arch[/variant]; repeatable)")
 	fl.BoolVar(&f.keepOtherPlatforms, "keep-other-platforms", false, "keep the platforms --platform leaves out unchanged in the new index")
-	fl.BoolVar(&f.keepAttestations, "keep-attestations", false, "keep an index's attestation manifests (they describe the old images)")
+	fl.BoolVar(&f.keepAttestations, "keep-attestations", false, "keep the attestation manifests of the images the rebase replaces, detached from them (they describe the old images)")
 }
 
 // addConnectionFlags adds the flags every registry-facing command shares.

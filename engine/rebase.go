@@ -47,8 +47,9 @@ type Request struct {
 	// KeepOtherPlatforms keeps the platforms Platforms does not select
 	// unchanged in the new index; without it such a rebase is refused.
 	KeepOtherPlatforms bool
-	// KeepAttestations keeps an index's attestation manifests (which
-	// describe the old images); by default they are dropped with a warning.
+	// KeepAttestations keeps the attestation manifests of the images an
+	// index rebase replaces, detached (see newIndex); by default they are
+	// dropped with a warning. Attestations of images that stay are kept.
 	KeepAttestations bool
 	// CheckSignatures looks for the single-platform image's signatures
 	// (cosign tags, OCI referrers) to warn that the rebase invalidates them.
