@@ -66,7 +66,9 @@ type Kind int
 
 // Kinds of marked fields.
 const (
-	// Whole is a whole reference, host/repo:TAG[@DIGEST] (marker "id").
+	// Whole is a whole reference, host/repo:TAG[@DIGEST], or
+	// NAME=host/repo:TAG[@DIGEST] as Argo CD's kustomize.images writes an
+	// override (marker "id").
 	Whole Kind = iota
 	// Name is a repository, host/repo (marker "id:name").
 	Name
@@ -135,7 +137,8 @@ type Image struct {
 	// may be empty). Repository includes the registry field's value.
 	Repository, TagName, Digest string
 
-	key string // the marker key used, for messages
+	key    string // the marker key used, for messages
+	prefix string // "NAME=" before a whole reference (Argo CD's kustomize.images)
 }
 
 // fields lists the image's fields.
@@ -177,13 +180,13 @@ func (im *Image) Pin(digest string) []Edit {
 	}
 	switch {
 	case im.DigestField != nil && im.Whole != nil:
-		set(im.Whole, im.Repository+":"+im.TagName)
+		set(im.Whole, im.prefix+im.Repository+":"+im.TagName)
 		set(im.DigestField, digest)
 	case im.DigestField != nil:
 		set(im.Tag, im.TagName)
 		set(im.DigestField, digest)
 	case im.Whole != nil:
-		set(im.Whole, im.Repository+":"+im.TagName+"@"+digest)
+		set(im.Whole, im.prefix+im.Repository+":"+im.TagName+"@"+digest)
 	default:
 		set(im.Tag, im.TagName+"@"+digest)
 	}
@@ -795,14 +798,22 @@ func (im *Image) check() *Problem {
 		if digestRE.MatchString(f.Value) {
 			return bad(f.Line, "image %q: %q is a digest, not a reference; mark a field that holds only a digest with %s, next to the tag's %s", im.ID, f.Value, im.marker(im.ID+":digest"), im.marker(im.ID+":tag"))
 		}
-		rest, digest, _ := strings.Cut(f.Value, "@")
+		value := f.Value
+		if name, ref, ok := strings.Cut(value, "="); ok {
+			// Argo CD's kustomize.images override: NAME=REFERENCE.
+			if name == "" || strings.ContainsAny(name, " @") {
+				return bad(f.Line, "image %q: %q is neither a reference nor NAME=REFERENCE", im.ID, f.Value)
+			}
+			im.prefix, value = name+"=", ref
+		}
+		rest, digest, _ := strings.Cut(value, "@")
 		slash := strings.LastIndexByte(rest, '/')
 		colon := strings.LastIndexByte(rest, ':')
 		if colon <= slash {
 			return bad(f.Line, "image %q: reference %q has no tag; write REPOSITORY:TAG", im.ID, f.Value)
 		}
 		im.Repository, im.TagName, im.Digest = rest[:colon], rest[colon+1:], digest
-		if digest == "" && strings.Contains(f.Value, "@") {
+		if digest == "" && strings.Contains(value, "@") {
 			return bad(f.Line, "image %q: reference %q has an empty digest", im.ID, f.Value)
 		}
 	case im.Name == nil && im.Tag == nil && im.DigestField != nil:
