@@ -71,6 +71,7 @@ func setup(t *testing.T) (*regtest.Registry, *counter, string) {
 		"clusters/prod/broken.yaml": "a:\n  repository: " + h + "/app # {\"$rebase\": \"app:name\"}\n" +
 			"b:\n  image: " + h + "/team/worker:2 # {\"$rebase\": \"worker\"}\n",
 		"clusters/prod/missing.yaml": "a: " + h + "/app:1 # {\"$rebase\": \"app\"}\nb: " + h + "/nothere:1 # {\"$rebase\": \"gone\"}\n",
+		"clusters/prod/gone.yaml":    "b: " + h + "/nothere:2 # {\"$rebase\": \"gone\"}\n",
 		"clusters/prod/plain.yaml":   "a: " + h + "/app:1\n",
 		"clusters/.git/x.yaml":       "a: " + h + "/app:1 # {\"$rebase\": \"app\"}\n",
 		"README.md":                  "image: " + h + "/app:1 # {\"$rebase\": \"app\"}\n",
@@ -174,8 +175,10 @@ func TestRunRebasesAndPins(t *testing.T) {
 		"clusters/prod/deploy.yml":   gitops.Updated,
 		"clusters/prod/broken.yaml":  gitops.Failed,
 		"clusters/prod/missing.yaml": gitops.Updated,
+		// Its only image is missing: nothing could be done.
+		"clusters/prod/gone.yaml": gitops.Failed,
 	}
-	if got := statuses(rep, dir); len(got) != len(want) || rep.Scanned != 5 {
+	if got := statuses(rep, dir); len(got) != len(want) || rep.Scanned != 6 {
 		t.Fatalf("scanned %d, statuses %v", rep.Scanned, got)
 	} else {
 		for k, v := range want {
