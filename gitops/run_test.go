@@ -394,3 +394,29 @@ func TestRunAutomatic(t *testing.T) {
 		t.Fatalf("second run: %v %v %+v", err, rep.Err(), rep.Files[0].Images[0])
 	}
 }
+
+// TestRunRefusesLargeFiles: a file over 16 MiB is reported, not read.
+func TestRunRefusesLargeFiles(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "big.yaml")
+	if err := os.WriteFile(path, []byte("a: h/a:1 # {\"$rebase\": \"a\"}\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Truncate(path, gitops.MaxFileSize+1); err != nil {
+		t.Fatal(err)
+	}
+	rep, err := gitops.Run(context.Background(), []string{path}, gitops.Options{Resolver: &gitops.Pinner{}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if f := rep.Files[0]; f.Status != gitops.Failed || len(f.Problems) != 1 || !strings.Contains(f.Problems[0].Msg, "larger than 16 MiB") || rep.Err() == nil {
+		t.Fatalf("report %+v", f)
+	}
+	if err := os.Truncate(path, gitops.MaxFileSize); err != nil {
+		t.Fatal(err)
+	}
+	// At the limit the file is read (and its NUL bytes refused by the parser).
+	rep, _ = gitops.Run(context.Background(), []string{path}, gitops.Options{Resolver: &gitops.Pinner{}})
+	if f := rep.Files[0]; f.Status != gitops.Failed || strings.Contains(f.Problems[0].Msg, "larger than") {
+		t.Fatalf("at the limit: %+v", f)
+	}
+}
