@@ -52,7 +52,7 @@ type rendered struct {
 
 var realFiles = []realFile{
 	{name: "bitnami-nginx-values.yaml", sha256: "6367d73a67ecfcd49bc0503c60907ca674a71ab0443f158e23cf31d28bd316f9", render: renderBitnami},
-	{name: "renovate-kustomize-digest.yaml", sha256: "a22feda0abbf198dad0ddba0386bee4590908415d90ff8ca5de6af427c7a3f23", render: renderKustomize},
+	{name: "flux-kustomization-digest.yaml", sha256: "5ae87efbd3db3c285e803222c1cd53060381aa5b72a8c7bf0193d0997cd08ec5", markers: gitops.Markers{gitops.ImagePolicyKey}, render: renderKustomize},
 	{name: "flux-helmrelease-digest.yaml", sha256: "6540d466d4ef888f26fc9951dd1a1f10f1bde8b53fb3a7af214b93c37f15fefb", markers: gitops.Markers{gitops.ImagePolicyKey}, render: renderFluxHelmRelease},
 	{name: "flux-setters-marked.yaml", sha256: "e240a78137c2331993caeb7c44412a753b5bccbf0c0022fa965ecc067c17ecee", markers: gitops.Markers{gitops.ImagePolicyKey}, render: renderContainers},
 	{name: "argocd-cup-application.yaml", sha256: "6e060250f9b8098f3cde5758d4a3d9fc4e5e0e4714f5ffbc4758d58428c3f495", render: renderArgoHelmValues},
@@ -67,7 +67,7 @@ var realFiles = []realFile{
 // realImages are the images the files name, by repository path and tag.
 var realImages = []string{
 	"bitnami/nginx:1.29.1-debian-12-r0", "bitnami/git:2.51.0-debian-12-r0", "bitnami/nginx-exporter:1.4.2-debian-12-r9",
-	"library/postgres:11", "my-org/my-app:4.0.6", "library/image:v1.0.0", "arestrepo99/cup:59367a9",
+	"stefanprodan/podinfo:6.8.0", "my-org/my-app:4.0.6", "library/image:v1.0.0", "arestrepo99/cup:59367a9",
 	"rancher/mirrored-library-traefik:2.11.10", "argoprojlabs/argocd-e2e-container:0.2", "my-repo/my-app:0.1",
 }
 
@@ -384,10 +384,10 @@ func checkParses(t *testing.T, ref string) {
 	}
 }
 
-// renderKustomize composes the marked images entry as Kustomize's image
+// renderKustomize composes the first images entry as Kustomize's image
 // transformer does: NEWNAME (or NAME), then :NEWTAG, then @DIGEST.
 func renderKustomize(t *testing.T, out []byte) []rendered {
-	entry := dig(t, decode(t, out)[0], "images", 2)
+	entry := dig(t, decode(t, out)[0], "images", 0)
 	ref := str(dig(t, entry, "newName"))
 	if ref == "" {
 		ref = str(dig(t, entry, "name"))
