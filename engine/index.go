@@ -38,8 +38,9 @@ type platformWork struct {
 // order, annotations and platform fields. Rounds after the indexes: the
 // platform images' manifests (the image's and the bases'); their configs,
 // with each platform's config upload opened alongside, unless the manifests
-// show the platform already on NEW (then no config is read: see onBase);
-// the blobs and configs; the platform manifests; the index.
+// show the platform already on NEW (then no config is read: see
+// onBaseByDigest); the blobs and configs; the platform manifests; the
+// index.
 func rebaseIndex(ctx context.Context, req Request, target WritableRepo, img, from, to *doc) (*Result, error) {
 	return rebaseIndexIn(ctx, req, target, img, from, to, nil)
 }
@@ -69,7 +70,7 @@ func rebaseIndexIn(ctx context.Context, req Request, target WritableRepo, img, f
 		if err := firstError(aerr, oerr, nerr); err != nil {
 			return err
 		}
-		if onBase(app.image, nw.image) {
+		if onBaseByDigest(app.image, nw.image) {
 			w.plan = upToDatePlan(app, nw.image)
 			return nil
 		}

@@ -208,7 +208,7 @@ func rebaseImage(ctx context.Context, req Request, target WritableRepo, img, fro
 // likelyPlatform) is read alongside the image's config, and read again only
 // if the config shows another platform.
 func rebaseImageIn(ctx context.Context, req Request, target WritableRepo, img, from, to *doc, r *run) (*Result, error) {
-	if to.kind == manifest.KindImage && onBase(img.image, to.image) {
+	if to.kind == manifest.KindImage && onBaseByDigest(img.image, to.image) {
 		return upToDate(req, img, to.image), nil
 	}
 	cache := r.bases()
@@ -265,7 +265,7 @@ func rebaseImageIn(ctx context.Context, req Request, target WritableRepo, img, f
 				}
 			}
 			if i == 1 {
-				if onBase(img.image, cd.image) {
+				if onBaseByDigest(img.image, cd.image) {
 					images[i], current = cd.image, true
 					return
 				}
@@ -299,16 +299,25 @@ func rebaseImageIn(ctx context.Context, req Request, target WritableRepo, img, f
 	return res, err
 }
 
-// onBase reports whether img's layers start with base's, by digest: img is
-// built on base (or was rebased onto it). The planner decides the same with
-// the configs read (an image on NEW is planned against NEW itself, which
-// leaves nothing to change), so a rebase onto base is up to date.
-func onBase(img, base *manifest.Image) bool {
+// onBaseByDigest reports whether img's layers start with base's by blob
+// digest: img is built on base (or was rebased onto it). Equal digests are
+// equal content, so the planner, which decides by diff_id with the configs
+// read, finds the same and plans the image against base itself; for an
+// explicit rebase onto base nothing changes, except a base label that names
+// the old base (see upToDate). The manifests alone settle it: no config is
+// read. An image on base by content only (other blobs) is left to the
+// planner.
+func onBaseByDigest(img, base *manifest.Image) bool {
 	return len(base.Manifest.Layers) > 0 && rebase.HasLayerPrefix(img.Manifest.Layers, base.Manifest.Layers)
 }
 
-// upToDate is the result for an image already on nw (onBase), decided from
-// the manifests: nothing is written and no config was needed.
+// upToDate is the result for an image already on nw (onBaseByDigest),
+// decided from the manifests: nothing is written and no config was read.
+// What only the configs could show is left as it is: a new config of nw on
+// the same layers (the planner plans an image on nw against nw itself and
+// finds nothing to change either), and a base label still naming the old
+// base, on an image put on nw by another tool (an explicit rebase by this
+// one moves the label when it moves the image; a rerun does not read it).
 func upToDate(req Request, img *doc, nw *manifest.Image) *Result {
 	plan := upToDatePlan(img, nw)
 	return &Result{
