@@ -145,25 +145,21 @@ func (f batchFigures) perImage(n int) float64 { return float64(f.requests-f.shar
 // runs collects a case's figures over the iterations.
 type runs []batchFigures
 
-// wall is "min–max" of the wall times, or the one time.
-func (rs runs) wall() string {
-	lo, hi := rs[0].wall, rs[0].wall
+func (rs runs) walls() []time.Duration {
+	var ds []time.Duration
 	for _, f := range rs {
-		lo, hi = min(lo, f.wall), max(hi, f.wall)
+		ds = append(ds, f.wall)
 	}
-	if lo.Round(10*time.Millisecond) == hi.Round(10*time.Millisecond) {
-		return lo.Round(10 * time.Millisecond).String()
-	}
-	return fmt.Sprintf("%s–%s", lo.Round(10*time.Millisecond), hi.Round(10*time.Millisecond))
+	return ds
 }
 
-// mean is the mean wall time in seconds.
-func (rs runs) mean() float64 {
-	var t time.Duration
-	for _, f := range rs {
-		t += f.wall
-	}
-	return (t / time.Duration(len(rs))).Seconds()
+// wall is "median (min–max)" of the wall times.
+func (rs runs) wall() string { return spreadString(rs.walls()) }
+
+// median is the median wall time in seconds.
+func (rs runs) median() float64 {
+	m, _, _ := spread(rs.walls())
+	return m.Seconds()
 }
 
 // last is the last iteration's figures (requests do not vary).
@@ -177,7 +173,7 @@ func (rs runs) last() batchFigures { return rs[len(rs)-1] }
 // rebase path rebases copies of the same 100 images one by one. -short runs
 // go-containerregistry on 10 images and scales its time to 100. The
 // figures of every iteration are reported together at the end: wall times
-// as min–max, requests (which do not vary) once.
+// as median (min–max), requests (which do not vary) once.
 func BenchmarkBatch(b *testing.B) {
 	reg := regtest.Start(b)
 	fixture(b, reg)
@@ -228,15 +224,11 @@ func BenchmarkBatch(b *testing.B) {
 		ggcrReqs = float64(proxy.Stats().Requests) / float64(ggcrN)
 	}
 
-	var ggcr time.Duration
-	for _, w := range ggcrWalls {
-		ggcr += w
-	}
-	ggcr /= time.Duration(len(ggcrWalls))
+	ggcr, _, _ := spread(ggcrWalls)
 	batch, rerun := cases["batch"], cases["rerun"]
 	bl, rl := batch.last(), rerun.last()
 	for _, k := range []string{"batch", "rerun", "http-batch", "http-rerun", "j16", "100repos", "recheck", "25images"} {
-		b.ReportMetric(cases[k].mean(), k+"-s")
+		b.ReportMetric(cases[k].median(), k+"-s")
 	}
 	b.ReportMetric(float64(bl.requests), "batch-requests")
 	b.ReportMetric(bl.perImage(batchSize), "requests/image")
@@ -247,20 +239,20 @@ func BenchmarkBatch(b *testing.B) {
 	b.ReportMetric(cases["recheck"].last().perImage(batchSize), "recheck-requests/image")
 	b.ReportMetric(ggcr.Seconds(), "ggcr-s")
 	b.ReportMetric(ggcrReqs, "ggcr-requests/image")
-	b.ReportMetric(batch.mean()/ggcr.Seconds(), "batch-time/ggcr")
+	b.ReportMetric(batch.median()/ggcr.Seconds(), "batch-time/ggcr")
 	b.ReportMetric(bl.allocPerImage/1024, "alloc-KiB/image")
 	b.ReportMetric(bl.peakHeapInUseMB, "peak-heap-MiB")
 	b.ReportMetric(cases["25images"].last().peakHeapInUseMB, "25images-peak-heap-MiB")
 
-	b.Logf("%d runs; wall times min–max", n)
+	b.Logf("%d runs; wall times: median (min–max)", n)
 	b.Logf("batch, --insecure HOST, 10 repositories × 10 tags: %s, %d requests (%d shared: base documents; %d mounts), %.2f requests/image after the shared documents, %.2f without mounts, %d tag re-reads",
 		batch.wall(), bl.requests, bl.shared, bl.mounts, bl.perImage(batchSize), float64(bl.requests-bl.shared-bl.mounts)/batchSize, bl.heads)
 	b.Logf("rerun (all up to date): %s, %d requests, %.2f requests/image (all requests), %d round trips", rerun.wall(), rl.requests, rl.all(batchSize), rl.roundTrips)
 	b.Logf("http://HOST: batch %s (%d requests), rerun %s (%d requests)", cases["http-batch"].wall(), cases["http-batch"].last().requests, cases["http-rerun"].wall(), cases["http-rerun"].last().requests)
 	b.Logf("-j 16: batch %s; 100 repositories × 1 tag: %s, %.2f requests/image (%d mounts); --recheck-after 0: %s, %.2f requests/image",
 		cases["j16"].wall(), cases["100repos"].wall(), cases["100repos"].last().perImage(batchSize), cases["100repos"].last().mounts, cases["recheck"].wall(), cases["recheck"].last().perImage(batchSize))
-	b.Logf("go-containerregistry one by one: %s for 100 (measured on %d), %.1f requests/image; the batch takes %.3f× its time (means)",
-		ggcr.Round(10*time.Millisecond), ggcrN, ggcrReqs, batch.mean()/ggcr.Seconds())
+	b.Logf("go-containerregistry one by one: %s for 100 (measured on %d), %.1f requests/image; the batch takes %.3f× its time (medians)",
+		spreadString(ggcrWalls), ggcrN, ggcrReqs, batch.median()/ggcr.Seconds())
 	b.Logf("memory (client, in-process registry and proxy together): %.0f KiB allocated per image; peak heap in use +%.1f MiB for 100 images, +%.1f MiB for 25, +%.1f MiB for 100 repositories",
 		bl.allocPerImage/1024, bl.peakHeapInUseMB, cases["25images"].last().peakHeapInUseMB, cases["100repos"].last().peakHeapInUseMB)
 }

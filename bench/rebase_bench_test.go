@@ -3,6 +3,7 @@ package bench
 import (
 	"bytes"
 	"fmt"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -83,10 +84,12 @@ func rebaseCLI(b *testing.B, f form, host string, args ...string) {
 	}
 }
 
+// measure sums a case's requests, round trips and layer bytes over the
+// iterations and keeps each iteration's wall time.
 type measure struct {
 	requests, roundTrips int
 	blobBytes            int64
-	wall                 time.Duration
+	walls                []time.Duration
 }
 
 func (m *measure) add(p *proxytest.Proxy, layers map[string]bool, d time.Duration) {
@@ -94,7 +97,32 @@ func (m *measure) add(p *proxytest.Proxy, layers map[string]bool, d time.Duratio
 	m.requests += s.Requests
 	m.roundTrips += s.RoundTrips
 	m.blobBytes += p.BytesOf(func(d string) bool { return layers[d] })
-	m.wall += d
+	m.walls = append(m.walls, d)
+}
+
+// spread returns the median, the least and the greatest of ds. The median
+// is what the README reports: the machine is shared, and a run that waits
+// for the CPU says nothing about the tool.
+func spread(ds []time.Duration) (median, lo, hi time.Duration) {
+	s := slices.Clone(ds)
+	slices.Sort(s)
+	return s[len(s)/2], s[0], s[len(s)-1]
+}
+
+// spreadString renders spread as "median (min–max)".
+func spreadString(ds []time.Duration) string {
+	m, lo, hi := spread(ds)
+	r := func(d time.Duration) time.Duration { return d.Round(time.Millisecond) }
+	if len(ds) == 1 {
+		return r(m).String()
+	}
+	return fmt.Sprintf("%s (%s–%s)", r(m), r(lo), r(hi))
+}
+
+// median is the median wall time.
+func (m measure) median() time.Duration {
+	med, _, _ := spread(m.walls)
+	return med
 }
 
 // layerDigests lists the layers of the images, to tell layer bytes from
@@ -116,7 +144,7 @@ func layerDigests(b *testing.B, reg *regtest.Registry, refs ...string) map[strin
 
 func (m measure) per(n int) string {
 	return fmt.Sprintf("%.1f requests, %.1f round trips, %d layer bytes, %s", float64(m.requests)/float64(n),
-		float64(m.roundTrips)/float64(n), m.blobBytes/int64(n), (m.wall / time.Duration(n)).Round(time.Millisecond))
+		float64(m.roundTrips)/float64(n), m.blobBytes/int64(n), spreadString(m.walls))
 }
 
 // report writes the measures of each case and, for each case of ours, its
@@ -128,12 +156,12 @@ func report(b *testing.B, n int, names []string, ms map[string]*measure, ggcrOf 
 		b.ReportMetric(float64(m.requests)/float64(n), k+"-requests/op")
 		b.ReportMetric(float64(m.roundTrips)/float64(n), k+"-roundtrips/op")
 		b.ReportMetric(float64(m.blobBytes)/float64(n), k+"-layerbytes/op")
-		b.ReportMetric((m.wall/time.Duration(n)).Seconds()*1000, k+"-ms/op")
+		b.ReportMetric(m.median().Seconds()*1000, k+"-ms/op")
 		line := fmt.Sprintf("%-22s %s", k+":", m.per(n))
 		if k != ggcr && ms[ggcr] != nil {
-			r := float64(m.wall) / float64(ms[ggcr].wall)
+			r := float64(m.median()) / float64(ms[ggcr].median())
 			b.ReportMetric(r, k+"-time/ggcr")
-			line += fmt.Sprintf(" = %.2f× go-containerregistry's time", r)
+			line += fmt.Sprintf("; median %.2f× go-containerregistry's", r)
 		}
 		b.Logf("%s", line)
 	}
