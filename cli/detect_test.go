@@ -384,9 +384,9 @@ func TestLabelModeRoundTrips(t *testing.T) {
 	check("up to date", 5, map[string]int{"ping": 1, "manifest": 2, "blob": 2}, "app:1")
 	reg.Push(t, "base:1", b2)
 	// ... base:1 config with the config upload opened; the layer mount,
-	// the config upload and the tag check; the manifest.
-	check("rebase", 7, map[string]int{"ping": 1, "manifest": 4, "blob": 2, "blob-upload": 3}, "app:1")
-	check("--from-base", 5, map[string]int{"ping": 1, "manifest": 5, "blob": 3, "blob-upload": 3}, "app:2", "--from-base", "base:old", "--to-base", "base:1")
+	// the config upload and the tag check; the manifest; the tag read back.
+	check("rebase", 8, map[string]int{"ping": 1, "manifest": 5, "blob": 2, "blob-upload": 3}, "app:1")
+	check("--from-base", 6, map[string]int{"ping": 1, "manifest": 6, "blob": 3, "blob-upload": 3}, "app:2", "--from-base", "base:old", "--to-base", "base:1")
 }
 
 func logOf(p *proxytest.Proxy) string {

@@ -93,9 +93,7 @@ func (s *Shared) Rebase(ctx context.Context, req Request) (*Result, error) {
 	if existing.err != nil {
 		return nil, existing.err
 	}
-	if existing.exists && !req.Force {
-		return nil, &TargetExistsError{Target: req.Target.String(), Digest: existing.digest}
-	}
+	r.existing = existing
 	var res *Result
 	switch {
 	case req.From.Repo == nil:
@@ -196,31 +194,51 @@ func (s *Shared) transfer(ctx context.Context, target WritableRepo, g blobGroup,
 	return t, errors.Join(errs...)
 }
 
-// run is the state of one image's rebase within a batch; nil for a single
-// Rebase, whose behaviour its methods then keep.
+// run is the state of one image's rebase: shared with a batch's other
+// images when shared is set. A nil run (Apply) is a single rebase whose
+// target was not read beforehand.
 type run struct {
 	shared *Shared
-	// readAt is when the image's manifest was read.
+	// readAt is when the image's manifest was read (batch only).
 	readAt time.Time
+	// existing is the target tag as read with the image, when the target
+	// is not the image itself (-t).
+	existing targetState
 }
 
-// bases returns the cache of the bases' platform images.
+// batch reports whether the run belongs to a batch.
+func (r *run) batch() bool { return r != nil && r.shared != nil }
+
+// bases returns the cache of the bases' platform images: the batch's, or a
+// new one for a single rebase.
 func (r *run) bases() *imageCache {
-	if r == nil {
+	if !r.batch() {
 		return &imageCache{}
 	}
 	return &r.shared.images
 }
 
 // recheck says whether the target tag must be read again before it is
-// written.
+// written in place.
 func (r *run) recheck() bool {
-	return r == nil || time.Since(r.readAt) >= r.shared.RecheckAfter
+	return !r.batch() || time.Since(r.readAt) >= r.shared.RecheckAfter
 }
 
-// base reads a base's manifest: once for the batch within a run.
+// targetTaken refuses a target tag (-t) that names another image than the
+// result (unless Force), and reports upToDate when it names the result.
+func (r *run) targetTaken(req Request, result v1.Hash) (upToDate bool, err error) {
+	if r == nil || !r.existing.exists || req.Force {
+		return false, nil
+	}
+	if r.existing.digest == result {
+		return true, nil
+	}
+	return false, &TargetExistsError{Target: req.Target.String(), Digest: r.existing.digest}
+}
+
+// base reads a base's manifest: once for the batch within a batch run.
 func (r *run) base(ctx context.Context, loc Location) (*doc, error) {
-	if r == nil {
+	if !r.batch() {
 		return fetchDoc(ctx, loc)
 	}
 	return r.shared.doc(ctx, loc)
@@ -228,7 +246,7 @@ func (r *run) base(ctx context.Context, loc Location) (*doc, error) {
 
 // transfer makes g's blobs available in target.
 func (r *run) transfer(ctx context.Context, target WritableRepo, g blobGroup, allowCopy bool) (Transferred, error) {
-	if r == nil {
+	if !r.batch() {
 		return target.Transfer(ctx, g.src, g.blobs, allowCopy)
 	}
 	return r.shared.transfer(ctx, target, g, allowCopy)

@@ -27,9 +27,9 @@ type Detect struct {
 	Resolve func(ref string, relative bool) (Location, error)
 }
 
-// rebaseDetected rebases a single-platform image whose old base is found
-// from what the image records. Rounds: the image's manifest (with NEW's
-// when given: done by the caller); the image's config, which holds the
+// rebaseDetectedIn rebases, within a run, a single-platform image whose
+// old base is found from what the image records. Rounds: the image's
+// manifest (with NEW's when given: done by the caller); the image's config, which holds the
 // label (with NEW's config); the base the image names and the old base by
 // digest, manifest then config, with the config upload opened alongside
 // when a write is likely; then Apply's two rounds.

@@ -105,6 +105,13 @@ func TestFaultMatrix(t *testing.T) {
 // TestFaultMatrixIndex does the same for a two-platform index.
 func TestFaultMatrixIndex(t *testing.T) {
 	reg := regtest.Start(t)
+	app := indexFixture(t, reg)
+	faultMatrix(t, reg, func() { reg.PushIndex(t, "app:1", app) }, 2)
+}
+
+// indexFixture pushes two-platform indexes base:1 and base:2 (one layer per
+// platform) and returns a two-platform app index on base:1.
+func indexFixture(t *testing.T, reg *regtest.Registry) v1.ImageIndex {
 	idx := func(imgs ...v1.Image) v1.ImageIndex {
 		i := mutate.IndexMediaType(empty.Index, types.OCIImageIndex)
 		for _, img := range imgs {
@@ -123,8 +130,7 @@ func TestFaultMatrixIndex(t *testing.T) {
 	b1a, b1b := build(nil, "amd64", "os", "1"), build(nil, "arm64", "os", "1")
 	reg.PushIndex(t, "base:1", idx(b1a, b1b))
 	reg.PushIndex(t, "base:2", idx(build(nil, "amd64", "os", "2"), build(nil, "arm64", "os", "2")))
-	app := idx(build(b1a, "amd64", "app", "x"), build(b1b, "arm64", "app", "x"))
-	faultMatrix(t, reg, func() { reg.PushIndex(t, "app:1", app) }, 2)
+	return idx(build(b1a, "amd64", "app", "x"), build(b1b, "arm64", "app", "x"))
 }
 
 func faultMatrix(t *testing.T, reg *regtest.Registry, reset func(), wantLayers int) {

@@ -155,17 +155,17 @@ func Rebase(ctx context.Context, req Request) (*Result, error) {
 	if existing.err != nil {
 		return nil, existing.err
 	}
-	if existing.exists && !req.Force {
-		return nil, &TargetExistsError{Target: req.Target.String(), Digest: existing.digest}
-	}
+	// A target tag that exists is refused (unless Force) once the result is
+	// known: when it already names the result, the rebase is up to date.
+	r := &run{existing: existing}
 	sigs := startSignatureCheck(ctx, req, docs[0])
 	var res *Result
 	if req.From.Repo == nil {
-		res, err = rebaseDetected(ctx, req, target, docs[0], docs[2])
+		res, err = rebaseDetectedIn(ctx, req, target, docs[0], docs[2], r)
 	} else if docs[0].kind == manifest.KindIndex {
-		res, err = rebaseIndex(ctx, req, target, docs[0], docs[1], docs[2])
+		res, err = rebaseIndexIn(ctx, req, target, docs[0], docs[1], docs[2], r)
 	} else {
-		res, err = rebaseImage(ctx, req, target, docs[0], docs[1], docs[2])
+		res, err = rebaseImageIn(ctx, req, target, docs[0], docs[1], docs[2], r)
 	}
 	if res != nil && existing.exists {
 		res.Replaced = &existing.digest
@@ -176,12 +176,7 @@ func Rebase(ctx context.Context, req Request) (*Result, error) {
 	return res, err
 }
 
-// rebaseImage rebases a single-platform image.
-func rebaseImage(ctx context.Context, req Request, target WritableRepo, img, from, to *doc) (*Result, error) {
-	return rebaseImageIn(ctx, req, target, img, from, to, nil)
-}
-
-// rebaseImageIn is rebaseImage within a batch run (nil for a single rebase).
+// rebaseImageIn rebases a single-platform image within a run.
 func rebaseImageIn(ctx context.Context, req Request, target WritableRepo, img, from, to *doc, r *run) (*Result, error) {
 	// A write is likely unless the image already starts with the new
 	// base's layers; then open the config upload alongside the reads.
@@ -318,6 +313,16 @@ func apply(ctx context.Context, req Request, plan *rebase.Plan, session BlobUplo
 		return nil, err
 	}
 
+	if up, err := r.targetTaken(req, plan.ManifestDescriptor.Digest); up || err != nil {
+		if up {
+			res.Action = UpToDate
+		}
+		return res, err
+	}
+
+	// The blobs and the config, with the tag read alongside; then the tag
+	// moves (see tagGuard.commit).
+	guard := newGuard(req, target, r, plan.ImageDigest, plan.ManifestDescriptor.Digest)
 	groups := missingBlobs(req, plan)
 	var wg sync.WaitGroup
 	errs := make([]error, len(groups)+1)
@@ -333,36 +338,33 @@ func apply(ctx context.Context, req Request, plan *rebase.Plan, session BlobUplo
 		}
 		errs[len(groups)] = session.Commit(ctx, plan.ConfigDescriptor, plan.Config)
 	})
-	var current targetState
-	inPlace := req.Target.String() == req.Image.String() && req.Target.Tag != ""
-	if inPlace && !req.Force && r.recheck() {
-		wg.Go(func() { current = resolveTarget(ctx, target, req.Target.Tag) })
-	}
-	var backupErr error
-	if req.BackupTag != "" {
-		wg.Go(func() { backupErr = backup(ctx, req, plan.ImageDescriptor, plan.ImageManifest) })
+	if guard.check {
+		wg.Go(func() { guard.readTag(ctx) })
 	}
 	wg.Wait()
-	errs = append(errs, backupErr)
 	for _, r := range reports {
 		res.Transferred = res.Transferred.Add(r)
 	}
-	if err := errors.Join(append(errs, current.err)...); err != nil {
-		return nil, fmt.Errorf("nothing written to %s: %w", req.Target, err)
+	if err := errors.Join(errs...); err != nil {
+		return nil, unchanged(req, err)
 	}
-	if current.exists && current.digest != plan.ImageDigest {
-		return nil, fmt.Errorf("%s moved to %s since it was read (someone pushed meanwhile); nothing written: rerun to rebase the new image, or pass --force", req.Target, current.digest)
-	}
-	if err := target.PutManifest(ctx, req.Target.Tag, plan.ManifestDescriptor, plan.Manifest); err != nil {
+	upToDate, backupTag, warnings, err := guard.commit(ctx, plan.ImageDescriptor, plan.ImageManifest, func() error {
+		return target.PutManifest(ctx, req.Target.Tag, plan.ManifestDescriptor, plan.Manifest)
+	})
+	if err != nil {
 		return nil, err
 	}
-	if inPlace {
+	if upToDate {
+		// Another run wrote this very result meanwhile.
+		res.Action = UpToDate
+		return res, nil
+	}
+	if req.Target.String() == req.Image.String() && req.Target.Tag != "" {
 		d := plan.ImageDigest
 		res.Replaced = &d
 	}
-	if req.BackupTag != "" {
-		res.Backup = req.Image.Repo.Name() + ":" + req.BackupTag
-	}
+	res.Backup = backupTag
+	res.Warnings = append(slices.Clone(res.Warnings), warnings...)
 	res.Action = Rebased
 	return res, nil
 }
