@@ -39,14 +39,8 @@ type Shared struct {
 	images imageCache
 
 	mu      sync.Mutex
-	docs    map[string]*docEntry
+	docs    map[string]*sharedRead[*doc]
 	present map[string]*blobEntry // "target repo@digest"
-}
-
-type docEntry struct {
-	done chan struct{}
-	doc  *doc
-	err  error
 }
 
 type blobEntry struct {
@@ -56,7 +50,7 @@ type blobEntry struct {
 
 // NewShared returns an empty Shared that re-reads every tag (RecheckAfter 0).
 func NewShared() *Shared {
-	return &Shared{docs: map[string]*docEntry{}, present: map[string]*blobEntry{}}
+	return &Shared{docs: map[string]*sharedRead[*doc]{}, present: map[string]*blobEntry{}, images: imageCache{shared: true}}
 }
 
 // Rebase is engine.Rebase for one image of a batch: the same request rounds,
@@ -78,10 +72,16 @@ func (s *Shared) Rebase(ctx context.Context, req Request) (*Result, error) {
 		r.readAt = time.Now()
 	})
 	if req.From.Repo != nil {
-		wg.Go(func() { from, errs[1] = s.doc(ctx, req.From) })
+		wg.Go(func() {
+			from, errs[1] = s.doc(ctx, req.From)
+			errs[1] = r.baseErr(req.From.String(), errs[1])
+		})
 	}
 	if req.To.Repo != nil {
-		wg.Go(func() { to, errs[2] = s.doc(ctx, req.To) })
+		wg.Go(func() {
+			to, errs[2] = s.doc(ctx, req.To)
+			errs[2] = r.baseErr(req.To.String(), errs[2])
+		})
 	}
 	if target != nil && req.Target.String() != req.Image.String() {
 		wg.Go(func() { existing = resolveTarget(ctx, target, req.Target.Tag) })
@@ -111,33 +111,25 @@ func (s *Shared) Rebase(ctx context.Context, req Request) (*Result, error) {
 	return res, err
 }
 
-// doc reads the manifest at loc once for the batch. A failed read is not
-// kept: the next image asks again.
+// doc reads the manifest at loc once for the batch (see sharedRead: a
+// failed read is tried again by the images that waited on it, and kept
+// after a second failure).
 func (s *Shared) doc(ctx context.Context, loc Location) (*doc, error) {
 	key := loc.String()
 	s.mu.Lock()
 	e, ok := s.docs[key]
 	if !ok {
-		e = &docEntry{done: make(chan struct{})}
+		e = &sharedRead[*doc]{}
 		s.docs[key] = e
 	}
 	s.mu.Unlock()
-	if ok {
-		select {
-		case <-e.done:
-			return e.doc, e.err
-		case <-ctx.Done():
-			return nil, ctx.Err()
+	return e.get(ctx, batchAttempts, func() (*doc, error) {
+		d, err := fetchDoc(ctx, loc)
+		if d != nil {
+			d.shared = true
 		}
-	}
-	e.doc, e.err = fetchDoc(ctx, loc)
-	if e.err != nil {
-		s.mu.Lock()
-		delete(s.docs, key)
-		s.mu.Unlock()
-	}
-	close(e.done)
-	return e.doc, e.err
+		return d, err
+	})
 }
 
 // transfer makes g's blobs available in target, mounting only those no
@@ -241,7 +233,8 @@ func (r *run) base(ctx context.Context, loc Location) (*doc, error) {
 	if !r.batch() {
 		return fetchDoc(ctx, loc)
 	}
-	return r.shared.doc(ctx, loc)
+	d, err := r.shared.doc(ctx, loc)
+	return d, r.baseErr(loc.String(), err)
 }
 
 // transfer makes g's blobs available in target.

@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -272,5 +273,58 @@ func checkRebased(t *testing.T, reg *regtest.Registry, ref string, orig, oldBase
 		if gl[i].Digest != wantL[i].Digest || gd[i] != wantD[i] {
 			t.Errorf("%s layer %d is %s (diff_id %s), want %s (%s)", ref, i+1, gl[i].Digest, gd[i], wantL[i].Digest, wantD[i])
 		}
+	}
+}
+
+// TestBatchSharedBaseReadIsRetried: the base's manifest, read once for the
+// whole batch, gets another full attempt when its first fails (here: five
+// 503s in a row, the retry budget of one request); a base that cannot be
+// read at all fails every image with the same BaseReadError after two
+// attempts, not twenty.
+func TestBatchSharedBaseReadIsRetried(t *testing.T) {
+	for _, persistent := range []bool{false, true} {
+		t.Run(fmt.Sprintf("persistent=%v", persistent), func(t *testing.T) {
+			reg := regtest.Start(t)
+			_, refs := batchFixture(t, reg, map[string]int{"a": 10, "b": 10})
+			var baseReads atomic.Int32
+			proxy := proxytest.Start(reg.Host, proxytest.WithFaults(func(_ int, r *http.Request) proxytest.Fault {
+				if r.Method == http.MethodGet && r.URL.Path == "/v2/base/manifests/2" {
+					if n := baseReads.Add(1); persistent || n <= 5 {
+						return proxytest.Fault{Status: http.StatusServiceUnavailable}
+					}
+				}
+				return proxytest.Fault{}
+			}))
+			defer proxy.Close()
+			c := registry.New(registry.Options{Insecure: []string{proxy.Host()}, RetryBackoff: time.Millisecond})
+			s := engine.NewShared()
+			var wg sync.WaitGroup
+			errs := make([]error, len(refs))
+			for i, ref := range refs {
+				parse := func(r string) engine.Location {
+					l, err := c.Parse(r, proxy.Host(), true)
+					if err != nil {
+						t.Fatal(err)
+					}
+					return l
+				}
+				req := engine.Request{Image: parse(ref), From: parse("base:1"), To: parse("base:2")}
+				req.Target = req.Image
+				wg.Go(func() { _, errs[i] = s.Rebase(context.Background(), req) })
+			}
+			wg.Wait()
+			for i, err := range errs {
+				var be *engine.BaseReadError
+				switch {
+				case !persistent && err != nil:
+					t.Errorf("%s: %v", refs[i], err)
+				case persistent && (!errors.As(err, &be) || be.Ref != proxy.Host()+"/base:2"):
+					t.Errorf("%s: %v, want the base read failure", refs[i], err)
+				}
+			}
+			if n := baseReads.Load(); persistent && n != 10 {
+				t.Errorf("%d reads of base:2, want 2 attempts of 5", n)
+			}
+		})
 	}
 }
