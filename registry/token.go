@@ -39,7 +39,14 @@ type scopeBook struct {
 	actions map[string][]string // resource ("repository:app") → actions
 	groupOf map[string]*tokenGroup
 	groups  []*tokenGroup
+	// sources are the latest mount sources' scopes ("repository:base:pull"),
+	// asked with every new token so that the next groups' tokens cover
+	// their mounts from the start.
+	sources []string
 }
+
+// maxSources bounds the mount sources asked with every token.
+const maxSources = 4
 
 func newScopeBook() *scopeBook {
 	return &scopeBook{actions: map[string][]string{}, groupOf: map[string]*tokenGroup{}}
@@ -327,6 +334,12 @@ func (c *Client) groupFor(reg string, need []string) *tokenGroup {
 		if !slices.Contains(g.extra, s) {
 			g.extra = append(g.extra, s)
 		}
+		if !slices.Contains(b.sources, s) {
+			b.sources = append(b.sources, s)
+			if len(b.sources) > maxSources {
+				b.sources = b.sources[1:]
+			}
+		}
 	}
 	return g
 }
@@ -352,7 +365,7 @@ func (c *Client) groupScopes(reg string, g *tokenGroup) []string {
 	for _, res := range g.resources {
 		out = append(out, b.scope(res))
 	}
-	for _, s := range g.extra {
+	for _, s := range slices.Concat(g.extra, b.sources) {
 		if !slices.Contains(out, s) {
 			out = append(out, s)
 		}
