@@ -255,14 +255,33 @@ func (r *Repo) finishUpload(ctx context.Context, loc string, d v1.Descriptor, bo
 	req.ContentLength = d.Size
 	req.Header.Set("Content-Type", "application/octet-stream")
 	resp, err := r.do(ctx, req)
-	if err != nil {
-		return &AccessError{Op: "uploading blob", Ref: r.repo.Digest(d.Digest.String()).Name(), Err: err}
+	if err == nil {
+		err = transport.CheckError(resp, http.StatusCreated)
+		resp.Body.Close()
 	}
-	defer resp.Body.Close()
-	if err := transport.CheckError(resp, http.StatusCreated); err != nil {
+	if err != nil {
+		// The registry may have stored the blob and lost the answer; the
+		// retry then finds the session closed. The blob is what counts.
+		if r.hasBlob(ctx, d) {
+			return nil
+		}
 		return &AccessError{Op: "uploading blob", Ref: r.repo.Digest(d.Digest.String()).Name(), Err: err}
 	}
 	return nil
+}
+
+// hasBlob reports whether the repository holds the blob d, with its size.
+func (r *Repo) hasBlob(ctx context.Context, d v1.Descriptor) bool {
+	req, err := http.NewRequestWithContext(ctx, http.MethodHead, r.url(fmt.Sprintf("/v2/%s/blobs/%s", r.repo.RepositoryStr(), d.Digest)).String(), nil)
+	if err != nil {
+		return false
+	}
+	resp, err := r.do(ctx, req)
+	if err != nil {
+		return false
+	}
+	resp.Body.Close()
+	return resp.StatusCode == http.StatusOK && (resp.ContentLength < 0 || resp.ContentLength == d.Size)
 }
 
 func (r *Repo) do(ctx context.Context, req *http.Request) (*http.Response, error) {
