@@ -316,6 +316,10 @@ func (e *AccessError) Is(target error) bool {
 
 // describe shortens go-containerregistry's errors to one line.
 func describe(err error) string {
+	var loop *redirectLoopError
+	if errors.As(err, &loop) {
+		return loop.Error()
+	}
 	var cv *tls.CertificateVerificationError
 	if errors.As(err, &cv) {
 		return fmt.Sprintf("TLS certificate not trusted (%v); add its CA to the system store or SSL_CERT_FILE, or pass --insecure for this registry", cv.Err)
