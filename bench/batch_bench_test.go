@@ -24,7 +24,7 @@ const batchSize = 100
 // appsOnBase1 pushes n distinct application images on base:1 (the fixture's
 // base, 3 layers), spread over repos repositories as prefix<i%repos>:<i>,
 // and returns their references.
-func appsOnBase1(b *testing.B, reg *regtest.Registry, prefix string, n, repos int) []string {
+func appsOnBase1(b testing.TB, reg *regtest.Registry, prefix string, n, repos int) []string {
 	b1 := reg.Image(b, "base:1")
 	var refs []string
 	for i := range n {
@@ -55,7 +55,7 @@ type batchFigures struct {
 
 // runBatch runs `image-rebase batch` on refs through the proxy and measures
 // it.
-func runBatch(b *testing.B, proxy *proxytest.Proxy, reg *regtest.Registry, refs []string, extra ...string) batchFigures {
+func runBatch(b testing.TB, proxy *proxytest.Proxy, reg *regtest.Registry, refs []string, extra ...string) batchFigures {
 	file := filepath.Join(b.TempDir(), "images")
 	if err := os.WriteFile(file, []byte(strings.Join(refs, "\n")+"\n"), 0o600); err != nil {
 		b.Fatal(err)

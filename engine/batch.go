@@ -20,20 +20,24 @@ import (
 //   - a blob mounted into a target repository for one image is known to be
 //     there for the next images of that repository, which do not mount it
 //     again (two images racing for it wait for one mount);
+//   - a read of a base that fails is tried again once for the images
+//     waiting on it, and a second failure fails them all with one
+//     BaseReadError;
 //   - the check that an image's tag has not moved since it was read can be
-//     skipped when the read is recent (RecheckAfter).
+//     skipped, on request, when the read is recent (RecheckAfter).
 //
 // Each image's own documents are read, planned and written as Rebase does,
 // and forgotten when its rebase returns: memory does not grow with the
 // number of images. One Shared serves any number of goroutines.
 type Shared struct {
-	// RecheckAfter bounds how old an image's read may be when its tag is
-	// written without being read again. Writing in place (and without
-	// Force), Rebase reads the tag again alongside the uploads, so that an
-	// image pushed meanwhile is not overwritten; a batch skips that request
-	// when the image was read less than RecheckAfter ago, leaving a push
-	// that lands in that window (plus the uploads' round trip) undetected.
-	// Zero re-reads every tag, as Rebase does.
+	// RecheckAfter, when positive, skips the tag's read before the PUT for
+	// an image read less than RecheckAfter ago. Writing in place (and
+	// without Force), Rebase reads the tag again alongside the last writes,
+	// so that an image pushed meanwhile is not overwritten; skipping that
+	// request leaves a push that lands between the image's read and the
+	// PUT (up to RecheckAfter plus the writes' round trip) undetected. Zero
+	// (the default) reads every tag again, as Rebase does. The tag is read
+	// after the PUT in any case.
 	RecheckAfter time.Duration
 
 	images imageCache
