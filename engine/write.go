@@ -125,7 +125,8 @@ func (g *tagGuard) verdict(written string) (upToDate bool, err error) {
 
 // commit moves the tag: once the tag is known not to have moved, the backup
 // tag (when asked for), a last read of the tag if the earlier one is
-// stale, the manifest PUT, and a read of the tag afterwards. It reports
+// stale, the manifest PUT, and, in a registry (SharedTags), a read of the
+// tag afterwards. It reports
 // upToDate when another writer already wrote the same result, and a
 // warning when the tag could not be read back.
 func (g *tagGuard) commit(ctx context.Context, backupDesc v1.Descriptor, backupRaw []byte, put func() error) (upToDate bool, backupTag string, warnings []rebase.Warning, err error) {
@@ -153,6 +154,9 @@ func (g *tagGuard) commit(ctx context.Context, backupDesc v1.Descriptor, backupR
 	if err := put(); err != nil {
 		return false, backupTag, nil, g.putFailed(ctx, err, written)
 	}
+	if _, shared := g.target.(SharedTags); !shared || g.req.Target.Tag == "" {
+		return false, backupTag, nil, nil
+	}
 	after := resolveTarget(ctx, g.target, g.req.Target.Tag)
 	switch {
 	case after.err != nil:
@@ -176,7 +180,8 @@ func (g *tagGuard) commit(ctx context.Context, backupDesc v1.Descriptor, backupR
 // putFailed says, after a failed manifest PUT, whether the tag moved: a
 // connection lost after the registry stored the manifest is a success.
 func (g *tagGuard) putFailed(ctx context.Context, err error, written string) error {
-	if g.req.Target.Tag == "" {
+	if _, shared := g.target.(SharedTags); !shared || g.req.Target.Tag == "" {
+		// Local storage writes atomically: a failed write changed nothing.
 		return &WriteError{Target: g.req.Target.String(), Written: written, Err: err}
 	}
 	now := resolveTarget(ctx, g.target, g.req.Target.Tag)

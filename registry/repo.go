@@ -29,7 +29,12 @@ type Repo struct {
 var (
 	_ engine.WritableRepo = (*Repo)(nil)
 	_ engine.BlobOpener   = (*Repo)(nil)
+	_ engine.SharedTags   = (*Repo)(nil)
 )
+
+// SharedTags marks a registry's tags as moved by other clients too
+// (engine.SharedTags).
+func (r *Repo) SharedTags() {}
 
 // Parse turns a reference into a location. A reference without a registry
 // host belongs to defaultRegistry (the REGISTRY argument of the classic
