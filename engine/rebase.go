@@ -137,10 +137,11 @@ func (e *TargetExistsError) Error() string {
 
 // Rebase reads the image and both bases, plans the rebase and, unless it is
 // up to date or a dry run, writes the result. Independent requests run
-// concurrently, in four rounds for a single-platform image: the manifests
+// concurrently, in five rounds for a single-platform image: the manifests
 // (with the target tag when it is not the image), the configs (with the
 // opening of the config upload when a write is likely), the blobs and the
-// config, the manifest. Indexes are rebased platform by platform. Without
+// config (with the tag read again), the manifest, and in a registry the tag
+// read back (see tagGuard). Indexes are rebased platform by platform. Without
 // req.From the old base is found from the image (see Detect): two rounds
 // more, as the label that names the base is in the image's config. The
 // image's signatures are looked for alongside (see CheckSignatures).
@@ -352,14 +353,16 @@ func firstError(errs ...error) error {
 // Apply writes a plan to req.Target: the blobs the target lacks (mounted)
 // and the config together, then the manifest. session, if not nil, is an
 // upload already opened for the config. Nothing is written for an up-to-date
-// plan or a dry run. Writing in place, the image's tag is checked again
-// just before the manifest is written (unless req.Force): if someone pushed
-// meanwhile, nothing is written.
+// plan or a dry run. Writing in place, the image's tag is read again
+// alongside the last writes (unless req.Force): if someone pushed meanwhile,
+// no tag is written; after the manifest PUT the tag is read back, and a
+// result replaced right away by another writer is a *LostUpdateError. A
+// failure once the writes began is a *WriteError that says what was written.
 func Apply(ctx context.Context, req Request, plan *rebase.Plan, session BlobUpload) (*Result, error) {
 	return apply(ctx, req, plan, session, nil)
 }
 
-// apply is Apply within a batch run (nil for a single rebase).
+// apply is Apply within a run (nil: a target not read beforehand).
 func apply(ctx context.Context, req Request, plan *rebase.Plan, session BlobUpload, r *run) (*Result, error) {
 	res := &Result{
 		Image:    req.Image.String(),
