@@ -22,7 +22,7 @@ import (
 // architectures (3 layers per platform, none shared) and returns the app
 // index on base:1 (2 layers of its own per platform) and every layer's
 // digest.
-func indexFixture(b *testing.B, reg *regtest.Registry, benchArches []string) (v1.ImageIndex, map[string]bool) {
+func indexFixture(b testing.TB, reg *regtest.Registry, benchArches []string) (v1.ImageIndex, map[string]bool) {
 	layers := map[string]bool{}
 	note := func(img v1.Image) v1.Image {
 		for _, l := range must(img.Layers()) {

@@ -29,7 +29,7 @@ const latency = 50 * time.Millisecond
 // images of two-platform indexes mbase:1 and mbase:2 (their linux/arm64
 // images have other layers), and returns an app image on base:1 (2 layers
 // of its own), which is also on mbase:1.
-func fixture(b *testing.B, reg *regtest.Registry) v1.Image {
+func fixture(b testing.TB, reg *regtest.Registry) v1.Image {
 	base := func(v string, p testimage.Platform) v1.Image {
 		img, err := testimage.Build(nil, p,
 			testimage.Copy("ADD os", map[string]string{"etc/os-release": "v" + v + p.Arch, "bin/sh": "sh " + v + p.Arch}),
@@ -127,7 +127,7 @@ func (m measure) median() time.Duration {
 
 // layerDigests lists the layers of the images, to tell layer bytes from
 // config bytes.
-func layerDigests(b *testing.B, reg *regtest.Registry, refs ...string) map[string]bool {
+func layerDigests(b testing.TB, reg *regtest.Registry, refs ...string) map[string]bool {
 	out := map[string]bool{}
 	for _, r := range refs {
 		ls, err := reg.Image(b, r).Layers()

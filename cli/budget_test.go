@@ -14,10 +14,9 @@ import (
 )
 
 // afterWrite is the requests (each a round trip of its own) a rebase makes
-// after it has written the image's tag: none. A read of the tag after the
-// write, to report a concurrent writer, would add 1 to each budget of a
-// rebase that writes.
-const afterWrite = 0
+// after it has written the image's tag: the tag read back, to report a
+// writer that replaced the result right away.
+const afterWrite = 1
 
 // threeLayerBase is a base image of 3 layers for arch, version v.
 func threeLayerBase(t *testing.T, v, arch string) v1.Image {

@@ -26,14 +26,28 @@ type doc struct {
 	// image is set for image manifests; its config is filled by config.
 	image *manifest.Image
 
-	cfgOnce sync.Once
-	cfgErr  error
+	cfg sharedRead[struct{}]
+	// shared marks a base's document read once for a batch: its failures
+	// are BaseReadErrors.
+	shared bool
 }
 
-// config fetches the image's config once, however many goroutines ask.
+// config fetches the image's config once, however many goroutines ask (a
+// base's, in a batch: see sharedRead).
 func (d *doc) config(ctx context.Context) error {
-	d.cfgOnce.Do(func() { d.cfgErr = fetchConfig(ctx, d.loc, d.image) })
-	return d.cfgErr
+	attempts := singleAttempts
+	if d.shared {
+		attempts = batchAttempts
+	}
+	_, err := d.cfg.get(ctx, attempts, func() (struct{}, error) { return struct{}{}, fetchConfig(ctx, d.loc, d.image) })
+	if err != nil && d.shared {
+		ref := d.loc.String()
+		if d.image != nil {
+			ref = d.image.Ref // a base's platform image: "base:1 [linux/amd64]"
+		}
+		return baseReadError(ref, err)
+	}
+	return err
 }
 
 // fetchDoc reads the manifest at loc and parses it as an image or an index.
@@ -145,15 +159,15 @@ func (e *noPlatformError) As(target any) bool {
 // platforms or images ask for it: its manifest first, its config (through
 // doc.config) only when a plan needs it.
 type imageCache struct {
+	// shared marks a batch's cache of its bases' images: its failures are
+	// BaseReadErrors.
+	shared bool
+
 	mu sync.Mutex
 	m  map[string]*cacheEntry
 }
 
-type cacheEntry struct {
-	done chan struct{}
-	doc  *doc
-	err  error
-}
+type cacheEntry = sharedRead[*doc]
 
 // get returns the image with digest dg in repo, named ref in messages:
 // its manifest, then its config.
@@ -179,27 +193,30 @@ func (c *imageCache) getDoc(ctx context.Context, repo Repo, dg v1.Hash, ref stri
 	}
 	e, ok := c.m[key]
 	if !ok {
-		e = &cacheEntry{done: make(chan struct{})}
+		e = &cacheEntry{}
 		c.m[key] = e
 	}
 	c.mu.Unlock()
-	if ok {
-		<-e.done
-		return e.doc, e.err
+	attempts := singleAttempts
+	if c.shared {
+		attempts = batchAttempts
 	}
-	defer close(e.done)
-	loc := Location{Repo: repo, Digest: dg.String()}
-	d, err := fetchDoc(ctx, loc)
-	if err == nil && d.kind != manifest.KindImage {
-		err = &manifest.UnsupportedError{Ref: loc.String(), Kind: d.kind, MediaType: d.desc.MediaType}
+	d, err := e.get(ctx, attempts, func() (*doc, error) {
+		loc := Location{Repo: repo, Digest: dg.String()}
+		d, err := fetchDoc(ctx, loc)
+		if err == nil && d.kind != manifest.KindImage {
+			err = &manifest.UnsupportedError{Ref: loc.String(), Kind: d.kind, MediaType: d.desc.MediaType}
+		}
+		if err != nil {
+			return nil, err
+		}
+		d.image.Ref, d.shared = ref, c.shared
+		return d, nil
+	})
+	if err != nil && c.shared {
+		return nil, baseReadError(ref, err)
 	}
-	if err != nil {
-		e.err = err
-		return nil, err
-	}
-	d.image.Ref = ref
-	e.doc = d
-	return d, nil
+	return d, err
 }
 
 // child returns the manifest of the image of d that serves p: d itself when

@@ -18,17 +18,17 @@ import (
 // registries reached anonymously need no authentication, and the ping would
 // cost a round trip before every other request. When the registry answers
 // 401 with a bearer challenge (a token registry such as Docker Hub, which
-// hands out anonymous tokens), it fetches one token for every scope of the
-// run, once, and sends the request again; every later request carries the
-// token. A registry that asks for a password (a basic challenge) gets the
-// 401 back: there is none to give.
+// hands out anonymous tokens), it authenticates as the client does after a
+// ping (see tokenTransport), with that challenge, and sends the request
+// again; every later request goes through that transport. A registry that
+// asks for a password (a basic challenge) gets the 401 back: there is none
+// to give.
 type lazyAuth struct {
-	reg    name.Registry
-	inner  http.RoundTripper // the unauthenticated transport
-	ua     string
-	scopes func() []string
+	reg   name.Registry
+	inner http.RoundTripper // the unauthenticated transport
+	c     *Client
 
-	handshake sync.Mutex // held while the token is fetched
+	handshake sync.Mutex // held while the challenge is turned into a transport
 	mu        sync.Mutex
 	authed    http.RoundTripper
 }
@@ -38,7 +38,7 @@ func (a *lazyAuth) RoundTrip(r *http.Request) (*http.Response, error) {
 		return rt.RoundTrip(r)
 	}
 	resp, err := a.inner.RoundTrip(r)
-	if err != nil || resp.StatusCode != http.StatusUnauthorized || r.URL.Host != a.reg.RegistryStr() {
+	if err != nil || resp.StatusCode != http.StatusUnauthorized || !sameHost(r.URL.Host, a.reg.RegistryStr(), r.URL.Scheme) {
 		return resp, err
 	}
 	if !strings.HasPrefix(strings.ToLower(resp.Header.Get("WWW-Authenticate")), "bearer ") {
@@ -63,18 +63,20 @@ func (a *lazyAuth) current() http.RoundTripper {
 	return a.authed
 }
 
-// authenticate turns the challenge of a 401 answer into an authenticated
-// transport, once for the registry. It is go-containerregistry's own
-// handshake (token fetch, refresh on expiry, scopes added on demand), fed
-// with the challenge already received instead of a ping.
+// authenticate turns the challenge of a 401 answer into the authenticated
+// transport, once for the registry: go-containerregistry's ping, fed with
+// that answer, parses the challenge.
 func (a *lazyAuth) authenticate(ctx context.Context, challenge *http.Response) (http.RoundTripper, error) {
 	a.handshake.Lock()
 	defer a.handshake.Unlock()
 	if rt := a.current(); rt != nil {
 		return rt, nil
 	}
-	ping := &cannedPing{inner: a.inner, host: a.reg.RegistryStr(), answer: challenge}
-	rt, err := transport.NewWithContext(ctx, a.reg, authn.Anonymous, transport.NewUserAgent(ping, a.ua), a.scopes())
+	pr, err := transport.Ping(ctx, a.reg, &cannedPing{inner: a.inner, host: a.reg.RegistryStr(), answer: challenge})
+	if err != nil {
+		return nil, err
+	}
+	rt, err := a.c.authenticated(a.reg, authn.Anonymous, a.inner, pr)
 	if err != nil {
 		return nil, err
 	}
@@ -93,11 +95,10 @@ type cannedPing struct {
 }
 
 func (p *cannedPing) RoundTrip(r *http.Request) (*http.Response, error) {
-	if r.Method != http.MethodGet || r.URL.Host != p.host || strings.TrimSuffix(r.URL.Path, "/") != "/v2" {
+	if r.Method != http.MethodGet || !sameHost(r.URL.Host, p.host, r.URL.Scheme) || strings.TrimSuffix(r.URL.Path, "/") != "/v2" {
 		return p.inner.RoundTrip(r)
 	}
-	// The scheme the answer came over tells go-containerregistry which one
-	// the registry speaks.
+	// The scheme the answer came over tells which one the registry speaks.
 	req := r.Clone(r.Context())
 	if p.answer.Request != nil {
 		req.URL.Scheme = p.answer.Request.URL.Scheme
@@ -117,5 +118,5 @@ func (p *cannedPing) RoundTrip(r *http.Request) (*http.Response, error) {
 // wrapped makes rt a transport go-containerregistry's remote package uses
 // as it is, without pinging the registry again.
 func wrapped(reg name.Registry, rt http.RoundTripper) (http.RoundTripper, error) {
-	return transport.FromToken(reg, authn.Anonymous, rt, &transport.Challenge{}, nil)
+	return transport.FromToken(reg, authn.Anonymous, rt, &transport.Challenge{Scheme: "basic"}, &transport.Token{})
 }

@@ -11,6 +11,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"slices"
 	"strings"
@@ -68,7 +69,7 @@ type Client struct {
 	transfers chan struct{}
 
 	mu     sync.Mutex
-	scopes map[string][]string // registry → scopes asked so far
+	scopes map[string]*scopeBook // registry → scopes asked so far
 	regs   map[string]*regConn
 }
 
@@ -105,7 +106,7 @@ func New(opts Options) *Client {
 		opts.Transfers = 16
 	}
 	return &Client{opts: opts, retry: retry, start: time.Now(), transfers: make(chan struct{}, opts.Transfers),
-		scopes: map[string][]string{}, regs: map[string]*regConn{}}
+		scopes: map[string]*scopeBook{}, regs: map[string]*regConn{}}
 }
 
 // IsInsecure reports whether reg may be reached without verified TLS.
@@ -122,14 +123,13 @@ func (c *Client) nameOptions(defaultRegistry string) []name.Option {
 	return opts
 }
 
-// addScope records that the transport for reg must cover scope. Scopes are
-// gathered before the first request so that one token serves them all.
+// addScope records that the transport for reg must cover scope. Scopes
+// named before the first request share tokens, in groups of repositories
+// (see tokenTransport).
 func (c *Client) addScope(reg, scope string) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if !slices.Contains(c.scopes[reg], scope) {
-		c.scopes[reg] = append(c.scopes[reg], scope)
-	}
+	c.book(reg).add(scope)
 }
 
 // transport returns the transport of a registry, made on first use.
@@ -140,7 +140,6 @@ func (c *Client) transport(ctx context.Context, reg name.Registry) (http.RoundTr
 		rc = &regConn{}
 		c.regs[reg.RegistryStr()] = rc
 	}
-	scopes := slices.Clone(c.scopes[reg.RegistryStr()])
 	c.mu.Unlock()
 
 	rc.once.Do(func() {
@@ -153,7 +152,7 @@ func (c *Client) transport(ctx context.Context, reg name.Registry) (http.RoundTr
 		scheme := &schemeTransport{host: reg.RegistryStr(), scheme: "https"}
 		switch {
 		case slices.Contains(c.opts.PlainHTTP, reg.RegistryStr()):
-			scheme.scheme = "http"
+			scheme.scheme, scheme.plain = "http", true
 		case c.IsInsecure(reg.RegistryStr()):
 			base = insecureTransport(base)
 			scheme.scheme = "" // HTTPS, else plain HTTP
@@ -162,25 +161,40 @@ func (c *Client) transport(ctx context.Context, reg name.Registry) (http.RoundTr
 			base = &logTransport{inner: base, w: c.opts.Log, start: c.start}
 		}
 		scheme.inner = base
-		base = transport.NewUserAgent(&retryTransport{inner: &verifyTransport{inner: scheme}, policy: c.retry}, c.opts.UserAgent)
+		base = &retryTransport{inner: &verifyTransport{inner: scheme}, policy: c.retry}
+		base = redirectCap{inner: transport.NewUserAgent(base, c.opts.UserAgent)}
 		if auth == authn.Anonymous {
-			// No credentials: no ping either, unless the registry asks.
-			rc.rt, rc.err = wrapped(reg, &lazyAuth{reg: reg, inner: base, ua: c.opts.UserAgent, scopes: func() []string {
-				c.mu.Lock()
-				defer c.mu.Unlock()
-				return slices.Clone(c.scopes[reg.RegistryStr()])
-			}})
+			// No credentials: no ping either; a token only if the
+			// registry asks for one.
+			rc.rt, rc.err = wrapped(reg, &lazyAuth{reg: reg, inner: base, c: c})
 			return
 		}
 		// Credentials: the ping's challenge says how to present them.
-		rt, err := transport.NewWithContext(ctx, reg, auth, base, scopes)
+		pr, err := transport.Ping(ctx, reg, base)
 		if err != nil {
 			rc.err = &AccessError{Op: "connecting to", Ref: reg.RegistryStr(), Err: err}
 			return
 		}
-		rc.rt = rt
+		rc.rt, rc.err = c.authenticated(reg, auth, base, pr)
 	})
 	return rc.rt, rc.err
+}
+
+// authenticated is the transport that presents auth to reg as the
+// challenge pr asks: bearer tokens (see tokenTransport), or the credentials
+// on every request.
+func (c *Client) authenticated(reg name.Registry, auth authn.Authenticator, base http.RoundTripper, pr *transport.Challenge) (http.RoundTripper, error) {
+	if strings.EqualFold(pr.Scheme, "bearer") {
+		scheme := "https"
+		if pr.Insecure {
+			scheme = "http"
+		}
+		tt := &tokenTransport{inner: base, c: c, reg: reg, auth: auth, challenge: pr, scheme: scheme}
+		// A Wrapper tells go-containerregistry that this transport
+		// authenticates: it neither pings nor wraps it again.
+		return wrapped(reg, tt)
+	}
+	return transport.FromToken(reg, auth, base, pr, &transport.Token{})
 }
 
 func insecureTransport(base http.RoundTripper) http.RoundTripper {
@@ -280,6 +294,10 @@ func (e *AccessError) Is(target error) bool {
 
 // describe shortens go-containerregistry's errors to one line.
 func describe(err error) string {
+	var loop *redirectLoopError
+	if errors.As(err, &loop) {
+		return loop.Error()
+	}
 	var header tls.RecordHeaderError
 	if errors.As(err, &header) && string(header.RecordHeader[:]) == "HTTP/" {
 		return "the registry speaks plain HTTP, not HTTPS: name it http://HOST as REGISTRY, or pass --insecure for it"
@@ -305,4 +323,24 @@ func describe(err error) string {
 		return fmt.Sprintf("unexpected status %d", te.StatusCode)
 	}
 	return strings.ReplaceAll(redactURLs(err.Error()), "\n", " ")
+}
+
+// speaksTLS explains a failed plain-HTTP ping of reg: a registry that
+// answers 400 to plain HTTP and completes a TLS handshake speaks HTTPS (Go
+// servers answer "Client sent an HTTP request to an HTTPS server", nginx
+// "The plain HTTP request was sent to HTTPS port", both with 400).
+func speaksTLS(ctx context.Context, reg string, err error) error {
+	var te *transport.Error
+	if !errors.As(err, &te) || te.StatusCode != http.StatusBadRequest {
+		return err
+	}
+	d := tls.Dialer{Config: &tls.Config{InsecureSkipVerify: true}, NetDialer: &net.Dialer{Timeout: 5 * time.Second}} //nolint:gosec // only to tell that the server speaks TLS; nothing is sent
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	conn, derr := d.DialContext(ctx, "tcp", reg)
+	if derr != nil {
+		return err
+	}
+	conn.Close()
+	return fmt.Errorf("%s speaks TLS (HTTPS), not plain HTTP: name it without http:// (add --insecure=%s if its certificate is not trusted)", reg, reg)
 }

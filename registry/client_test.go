@@ -48,7 +48,7 @@ func readManifests(t *testing.T, c *Client, host string, refs ...string) {
 	}
 }
 
-func pushRandom(t *testing.T, reg *regtest.Registry, layers int, refs ...string) {
+func pushImages(t *testing.T, reg *regtest.Registry, layers int, refs ...string) {
 	t.Helper()
 	img, err := random.Image(64, int64(layers))
 	if err != nil {
@@ -64,7 +64,7 @@ func pushRandom(t *testing.T, reg *regtest.Registry, layers int, refs ...string)
 // form of naming a plain-HTTP registry.
 func TestNoPingWithoutCredentials(t *testing.T) {
 	reg := regtest.Start(t)
-	pushRandom(t, reg, 1, "app:1", "base:1", "base:2")
+	pushImages(t, reg, 1, "app:1", "base:1", "base:2")
 	proxy := proxytest.Start(reg.Host, proxytest.WithLatency(20*time.Millisecond))
 	defer proxy.Close()
 	for _, tt := range []struct {
@@ -92,7 +92,7 @@ func TestNoPingWithoutCredentials(t *testing.T) {
 // transient), then reached over HTTP; later requests go to HTTP at once.
 func TestInsecureHostFallsBackToHTTPAtOnce(t *testing.T) {
 	reg := regtest.Start(t)
-	pushRandom(t, reg, 1, "app:1", "base:1", "base:2")
+	pushImages(t, reg, 1, "app:1", "base:1", "base:2")
 	var log bytes.Buffer
 	c := New(Options{Insecure: []string{reg.Host}, Keychain: reg.Keychain(), Log: &log})
 	readManifests(t, c, reg.Host, "app:1", "base:1", "base:2")
@@ -127,7 +127,7 @@ func TestInsecureHostFallsBackToHTTPAtOnce(t *testing.T) {
 // says what to do.
 func TestTLSRefusalIsOneAttemptAndOneLine(t *testing.T) {
 	reg := regtest.Start(t)
-	pushRandom(t, reg, 1, "app:1")
+	pushImages(t, reg, 1, "app:1")
 	var log bytes.Buffer
 	c := New(Options{Keychain: reg.Keychain(), Log: &log})
 	loc, err := c.Parse("app:1", reg.Host, false)
@@ -178,14 +178,17 @@ func TestAnonymousTokenRegistry(t *testing.T) {
 	// requests are seen in front of both.
 	reg := regtest.Start(t, regtest.WithTokenAuth(), regtest.WithHandler(func(h http.Handler) http.Handler {
 		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-			sw := &statusWriter{ResponseWriter: w, status: http.StatusOK}
+			sw := &statusWriter{ResponseWriter: w}
 			h.ServeHTTP(sw, r)
+			if sw.status == 0 {
+				sw.status = http.StatusOK
+			}
 			mu.Lock()
 			log = append(log, entry{r.Method, r.URL.Path, sw.status})
 			mu.Unlock()
 		})
 	}))
-	pushRandom(t, reg, 2, "app:1", "base:1", "base:2")
+	pushImages(t, reg, 2, "app:1", "base:1", "base:2")
 	seen := func() []entry {
 		mu.Lock()
 		defer mu.Unlock()
@@ -237,15 +240,6 @@ func TestAnonymousTokenRegistry(t *testing.T) {
 	}
 }
 
-type statusWriter struct {
-	http.ResponseWriter
-	status int
-}
-
-func (w *statusWriter) WriteHeader(s int) {
-	w.status = s
-	w.ResponseWriter.WriteHeader(s)
-}
 
 // TestBasicChallengeWithoutCredentials: a registry that asks for a password
 // when none is configured fails with one 401, not a loop.
@@ -268,7 +262,7 @@ func TestBasicChallengeWithoutCredentials(t *testing.T) {
 // client was made and its duration.
 func TestRequestLogStamps(t *testing.T) {
 	reg := regtest.Start(t)
-	pushRandom(t, reg, 1, "app:1")
+	pushImages(t, reg, 1, "app:1")
 	proxy := proxytest.Start(reg.Host, proxytest.WithLatency(20*time.Millisecond))
 	defer proxy.Close()
 	var log bytes.Buffer

@@ -7,6 +7,8 @@ import (
 	"fmt"
 	"net/http"
 	"sync"
+
+	"github.com/google/go-containerregistry/pkg/v1/remote/transport"
 )
 
 // schemeTransport sends the requests meant for one registry over the scheme
@@ -18,21 +20,31 @@ import (
 // failed TLS handshake per connection of the first round of requests, and
 // no round trip of its own (go-containerregistry's ping waits 300 ms
 // before trying HTTP unless the HTTPS attempt fails fast).
+//
+// A registry named http://HOST that answers 400 before it answered anything
+// else is checked for TLS (see speaksTLS), so that the error says it
+// speaks HTTPS.
 type schemeTransport struct {
 	inner http.RoundTripper
 	host  string
+	// plain is set for a registry named http://HOST.
+	plain bool
 
-	mu     sync.Mutex
-	scheme string // "" while unknown
+	mu        sync.Mutex
+	scheme    string // "" while unknown
+	confirmed bool   // a plain registry answered other than 400
 }
 
 func (s *schemeTransport) RoundTrip(r *http.Request) (*http.Response, error) {
-	if r.URL.Host != s.host {
+	if !sameHost(r.URL.Host, s.host, r.URL.Scheme) {
 		return s.inner.RoundTrip(r)
 	}
 	s.mu.Lock()
-	scheme := s.scheme
+	scheme, confirmed := s.scheme, s.confirmed
 	s.mu.Unlock()
+	if s.plain && !confirmed {
+		return s.plainAnswer(r)
+	}
 	if scheme != "" {
 		return s.inner.RoundTrip(withScheme(r, scheme))
 	}
@@ -51,6 +63,34 @@ func (s *schemeTransport) RoundTrip(r *http.Request) (*http.Response, error) {
 	}
 	s.learn("http")
 	return resp, nil
+}
+
+// plainAnswer sends r over plain HTTP to a registry named http://HOST that
+// has not answered yet: a 400 from a server that completes a TLS handshake
+// means the registry speaks HTTPS.
+func (s *schemeTransport) plainAnswer(r *http.Request) (*http.Response, error) {
+	resp, err := s.inner.RoundTrip(withScheme(r, "http"))
+	if err != nil {
+		return nil, err
+	}
+	if resp.StatusCode != http.StatusBadRequest {
+		s.mu.Lock()
+		s.confirmed = true
+		s.mu.Unlock()
+		return resp, nil
+	}
+	if terr := speaksTLS(r.Context(), s.host, &transport.Error{StatusCode: http.StatusBadRequest}); !isStatus400(terr) {
+		resp.Body.Close()
+		return nil, terr
+	}
+	return resp, nil
+}
+
+// isStatus400 tells speaksTLS's answer when the server does not speak TLS:
+// the 400 it was given.
+func isStatus400(err error) bool {
+	var te *transport.Error
+	return errors.As(err, &te) && te.StatusCode == http.StatusBadRequest
 }
 
 func (s *schemeTransport) learn(scheme string) {
