@@ -240,7 +240,6 @@ func TestAnonymousTokenRegistry(t *testing.T) {
 	}
 }
 
-
 // TestBasicChallengeWithoutCredentials: a registry that asks for a password
 // when none is configured fails with one 401, not a loop.
 func TestBasicChallengeWithoutCredentials(t *testing.T) {
