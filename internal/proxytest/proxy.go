@@ -253,6 +253,36 @@ func RoundTrips(log []Entry) int {
 	return best
 }
 
+// LateRereads counts the checks of a tag (HEAD of a manifest by tag) that
+// come before the tag is written (PUT) and at least gap after the end of an
+// earlier check of it: a rebase checks the target tag once more just before
+// moving it when its writes outlasted its first check, which depends on
+// timing (a loaded machine, the race detector). Counts tests add them to
+// the requests and round trips they expect; a check sooner than gap is not
+// counted, so a systematic extra check still fails them.
+func LateRereads(log []Entry, gap time.Duration) int {
+	es := append([]Entry(nil), log...)
+	sort.Slice(es, func(i, j int) bool { return es[i].Start.Before(es[j].Start) })
+	lastRead := map[string]Entry{}
+	written := map[string]bool{}
+	n := 0
+	for _, e := range es {
+		if Classify(e.Method, e.Path) != "manifest" || strings.Contains(e.Path[strings.LastIndexByte(e.Path, '/')+1:], ":") {
+			continue
+		}
+		switch e.Method {
+		case http.MethodPut:
+			written[e.Path] = true
+		case http.MethodHead:
+			if prev, ok := lastRead[e.Path]; ok && !written[e.Path] && e.Start.Sub(prev.End) >= gap {
+				n++
+			}
+			lastRead[e.Path] = e
+		}
+	}
+	return n
+}
+
 // Classify names the kind of a registry request: "ping", "manifest",
 // "blob", "blob-upload", "tags", "catalog" or "other".
 func Classify(method, path string) string {

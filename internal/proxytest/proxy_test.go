@@ -174,3 +174,25 @@ func TestDescribe(t *testing.T) {
 		}
 	}
 }
+
+func TestLateRereads(t *testing.T) {
+	base := time.Unix(0, 0)
+	at := func(method, path string, start, end int) Entry {
+		return Entry{Method: method, Path: path, Start: base.Add(time.Duration(start) * time.Millisecond), End: base.Add(time.Duration(end) * time.Millisecond)}
+	}
+	const tag, other = "/v2/app/manifests/1", "/v2/app/manifests/2"
+	log := []Entry{
+		at("GET", tag, 0, 50),
+		at("HEAD", tag, 100, 150),  // the check before the writes: not a reread
+		at("HEAD", tag, 300, 350),  // 150 ms after it: late
+		at("PUT", tag, 350, 400),   // the tag written
+		at("HEAD", tag, 600, 650),  // read back after the PUT: not counted
+		at("HEAD", other, 0, 50),   //
+		at("HEAD", other, 80, 130), // 30 ms after the first: too soon to count
+		at("HEAD", "/v2/app/manifests/sha256:00", 0, 50),
+		at("HEAD", "/v2/app/manifests/sha256:00", 500, 550), // by digest: not a tag
+	}
+	if n := LateRereads(log, 100*time.Millisecond); n != 1 {
+		t.Errorf("LateRereads = %d, want 1", n)
+	}
+}
