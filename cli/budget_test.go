@@ -2,14 +2,17 @@ package cli_test
 
 import (
 	"fmt"
+	"net/http"
 	"runtime"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 
 	"github.com/image-rebase/image-rebase/internal/proxytest"
+	"github.com/image-rebase/image-rebase/internal/regtest"
 	ti "github.com/image-rebase/image-rebase/internal/testimage"
 )
 
@@ -155,6 +158,54 @@ func TestRequestBudgets(t *testing.T) {
 			if gd != wd {
 				t.Errorf("%s: layer %d is %s, want the new base's %s", ref, i+1, gd, wd)
 			}
+		}
+	}
+}
+
+// TestMountsAreBounded: a rebase mounts at most 16 layers at once, and a
+// batch at most -j across its images, however many layers the new base has.
+func TestMountsAreBounded(t *testing.T) {
+	var inFlight, peak atomic.Int32
+	reg := regtest.Start(t, regtest.WithHandler(func(h http.Handler) http.Handler {
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if r.Method == http.MethodPost && r.URL.Query().Get("mount") != "" {
+				n := inFlight.Add(1)
+				defer inFlight.Add(-1)
+				for p := peak.Load(); n > p && !peak.CompareAndSwap(p, n); p = peak.Load() {
+				}
+				time.Sleep(20 * time.Millisecond)
+			}
+			h.ServeHTTP(w, r)
+		})
+	}))
+	layers := func(v string, n int) v1.Image {
+		var steps []ti.Step
+		for i := range n {
+			steps = append(steps, ti.Copy(fmt.Sprintf("COPY %d", i), map[string]string{fmt.Sprintf("f%d", i): v}))
+		}
+		return build(t, nil, steps...)
+	}
+	b1 := layers("1", 1)
+	reg.Push(t, "base:1", b1)
+	reg.Push(t, "base:2", layers("2", 40))
+	for _, r := range []string{"single:1", "batch0:1", "batch1:1", "batch2:1"} {
+		reg.Push(t, r, image(t, b1, "amd64", "APP=1", map[string]string{"app": r}))
+	}
+	h := "http://" + reg.Host
+	for _, tt := range []struct {
+		name string
+		args []string
+		max  int32
+	}{
+		{"one rebase", []string{h, "single:1", "--from-base", "base:1", "--to-base", "base:2"}, 16},
+		{"batch -j 3", []string{"batch", "-r", h, "-j", "3", "--from-base", "base:1", "--to-base", "base:2", "batch0:1", "batch1:1", "batch2:1"}, 3},
+	} {
+		peak.Store(0)
+		if code, out, stderr := run(t, tt.args...); code != 0 {
+			t.Fatalf("%s: exit %d\n%s%s", tt.name, code, out, stderr)
+		}
+		if p := peak.Load(); p > tt.max || p < 2 {
+			t.Errorf("%s: %d mounts at once, want at most %d (and more than one)", tt.name, p, tt.max)
 		}
 	}
 }
