@@ -1,0 +1,871 @@
+package e2e
+
+import (
+	"archive/tar"
+	"bytes"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/json"
+	"fmt"
+	"io"
+	"maps"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"reflect"
+	"slices"
+	"sort"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/google/go-containerregistry/pkg/authn"
+	"github.com/google/go-containerregistry/pkg/name"
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/mutate"
+	"github.com/google/go-containerregistry/pkg/v1/remote"
+	"github.com/google/go-containerregistry/pkg/v1/static"
+	"github.com/google/go-containerregistry/pkg/v1/tarball"
+	"github.com/google/go-containerregistry/pkg/v1/types"
+)
+
+// The BuildKit corpus: images as users build them. Every case is built on
+// base v1 and again on base v2, by BuildKit (buildctl against a buildkitd
+// of this run) or by another tool (umoci, buildah --omit-history, a
+// crane-style go-containerregistry mutation), and the v1 image is rebased
+// to v2 by the binary in two modes:
+//
+//   - explicit: the image says LABEL FROM=<base>:1 and is rebased with
+//     --from-base <base>:1 --to-base <base>:2; its rebuild is built FROM
+//     <base>:2 with LABEL FROM=<base>:2, so the label must follow.
+//   - auto: the image says LABEL FROM=<base>:stable; <base>:stable pointed
+//     at v1 when it was built and is then moved to v2, as users do, before
+//     `image-rebase HOST app:auto-v1`; its rebuild is the same Dockerfile
+//     built after the move.
+//
+// The result is compared with the rebuild: config, history, file tree
+// (umoci) and manifest shape (media types; skopeo must accept every
+// document). The bases are testdata/fidelity's base-1 and base-2, built by
+// BuildKit too. Dockerfiles name the base "localhost/fidelity-base" (as
+// the fidelity corpus does); the harness replaces it with the registry's
+// base and adds LABEL FROM=... as the first instruction after the last FROM.
+
+// bkCase is one case of the BuildKit corpus.
+type bkCase struct {
+	name string
+	// src is the case's build context under testdata (its Dockerfile, for
+	// BuildKit and buildah; hello, for umoci and crane).
+	src string
+	// builder: "" (BuildKit), "umoci", "buildah" (bud --omit-history) or
+	// "crane" (go-containerregistry mutate.AppendLayers + mutate.Config,
+	// as crane append and crane mutate do: no history for the changes).
+	builder string
+	// base is the repository the label and the rebase name: "base" (a
+	// BuildKit index: one platform and a provenance attestation), "mbase"
+	// (two platforms and attestations), "zbase" (base re-compressed to
+	// zstd by skopeo) or "ubase" (base with uncompressed layers). zbase
+	// and ubase hold the same layers (by diff_id) and configs as base; the
+	// applications are built on base and rebased with these.
+	base string
+	// noAttest builds without the provenance attestation: one manifest.
+	noAttest bool
+	// opts are frontend options (--opt), output exporter attributes,
+	// extra more buildctl flags.
+	opts, output, extra []string
+	// archive: the v1 image is exported by skopeo to a docker-archive
+	// (docker save format) and rebased from that file into the registry.
+	archive bool
+	// warn lists the warning codes the rebase must raise besides
+	// attestation-dropped, which every index with attestations raises.
+	warn []string
+	// differs lists the aspects that differ from the rebuild because of
+	// the hazard a warning reports (or a documented limit).
+	differs []string
+	// skip lists aspects that cannot be compared, with the reason in a
+	// comment.
+	skip []string
+}
+
+var bkCases = []bkCase{
+	// Dockerfiles of the buildah corpus, built by BuildKit.
+	// APPONLY=1 holds BASEVER's old value "1": BuildKit would record
+	// APPONLY=$BASEVER the same way.
+	{name: "env-override-append", src: "fidelity/env-override-append", warn: []string{"old-base-value-embedded"}},
+	// BuildKit records ENV expanded: GREETING=from 1, JAVA_BIN=/opt/rt/1/bin.
+	{name: "env-refers-base", src: "fidelity/env-refers-base", warn: []string{"old-base-value-embedded"}, differs: []string{"config", "history"}},
+	{name: "cmd-inherited", src: "fidelity/cmd-inherited"},
+	{name: "entrypoint-resets-cmd", src: "fidelity/entrypoint-resets-cmd"},
+	{name: "cmd-entrypoint-own", src: "fidelity/cmd-entrypoint-own"},
+	{name: "workdir-absolute", src: "fidelity/workdir-absolute"},
+	{name: "workdir-relative", src: "fidelity/workdir-relative", warn: []string{"workdir-moved"}, differs: []string{"tree"}},
+	{name: "expose-volume", src: "fidelity/expose-volume"},
+	// LABEL app.built-on=$BASEVER is recorded as app.built-on=1.
+	{name: "labels", src: "fidelity/labels", warn: []string{"old-base-value-embedded"}, differs: []string{"config", "history"}},
+	{name: "healthcheck-stopsignal", src: "fidelity/healthcheck-stopsignal"},
+	// ENV FROMBASE=${BASEVER}-x is recorded as FROMBASE=1-x.
+	{name: "arg", src: "fidelity/arg", warn: []string{"old-base-value-embedded"}, differs: []string{"config", "history"}},
+	// BUILT=yes holds OLDONLY's old value "yes" (gone in v2): BuildKit
+	// would record BUILT=$OLDONLY the same way.
+	{name: "run", src: "fidelity/run", warn: []string{"old-base-value-embedded"}},
+	{name: "run-inherited-workdir", src: "fidelity/run-inherited-workdir", warn: []string{"workdir-moved"}, differs: []string{"tree"}},
+	{name: "multi-stage", src: "fidelity/multi-stage"},
+	{name: "config-only", src: "fidelity/config-only"},
+	{name: "onbuild-shell", src: "fidelity/onbuild-shell"},
+	// ENV PATH=/app/bin:/usr/local/bin:/bin written out: BuildKit records
+	// it as it records ENV PATH=/app/bin:$PATH, which the rebase assumes;
+	// the rebuild keeps the literal value. JAVA_HOME=/opt/rt/1, the old
+	// base's value, may be written out or inherited: a warning.
+	{name: "literal-path", src: "fidelity/literal-path", warn: []string{"old-base-value-embedded"}, differs: []string{"config", "history"}},
+	{name: "user", src: "buildkit/user"},
+	{name: "typical", src: "buildkit/typical"},
+
+	// Shapes of BuildKit output, on the typical Dockerfile.
+	{name: "single-manifest", src: "buildkit/typical", noAttest: true},
+	{name: "two-platforms", src: "buildkit/typical", base: "mbase", opts: []string{"platform=linux/amd64,linux/arm64"}},
+	// BuildKit refuses attestations with Docker media types.
+	{name: "docker-mediatypes", src: "buildkit/typical", noAttest: true, output: []string{"oci-mediatypes=false"}},
+	{name: "zstd", src: "buildkit/typical", output: []string{"compression=zstd", "force-compression=true"}},
+	{name: "uncompressed", src: "buildkit/typical", output: []string{"compression=uncompressed", "force-compression=true"}},
+	{name: "inline-cache", src: "buildkit/typical", extra: []string{"--export-cache", "type=inline"}},
+	// The bases re-compressed after the application was built.
+	{name: "zstd-base", src: "buildkit/typical", base: "zbase"},
+	{name: "uncompressed-base", src: "buildkit/typical", base: "ubase"},
+	// A docker save archive of the application, rebased onto registry
+	// bases into the registry. skopeo writes Docker schema 2 with
+	// uncompressed layers: the manifest cannot match the rebuild's index.
+	{name: "docker-archive", src: "buildkit/typical", archive: true, skip: []string{"manifest"}},
+
+	// Images not built from a Dockerfile.
+	{name: "umoci", src: "buildkit/typical", builder: "umoci"},
+	{name: "buildah-omit-history", src: "buildkit/typical", builder: "buildah"},
+	{name: "crane", src: "buildkit/typical", builder: "crane"},
+}
+
+// bkEnv is what the corpus shares: one registry, one buildkitd.
+type bkEnv struct {
+	r        *registryServer
+	bk       *buildkitDaemon
+	remote   []remote.Option
+	archives map[string]string // repo:tag → docker-archive file
+
+	mu      sync.Mutex
+	results map[string]map[string]string // case → mode → summary
+}
+
+func (c bkCase) baseRepo() string {
+	if c.base == "" {
+		return "base"
+	}
+	return c.base
+}
+
+// buildRepo is the repository the case is built FROM.
+func (c bkCase) buildRepo() string {
+	if c.base == "mbase" {
+		return "mbase"
+	}
+	return "base"
+}
+
+func (c bkCase) arches() []string {
+	if c.base == "mbase" {
+		return []string{"amd64", "arm64"}
+	}
+	return []string{"amd64"}
+}
+
+// label is the value of LABEL FROM for a base tag: relative to the
+// registry, or a full reference for an archive (which has no registry).
+func (e *bkEnv) label(c bkCase, tag string) string {
+	if c.archive {
+		return e.r.Host + "/" + c.baseRepo() + ":" + tag
+	}
+	return c.baseRepo() + ":" + tag
+}
+
+func TestBuildKit(t *testing.T) {
+	need(t, "skopeo", "umoci", "buildah", "docker-registry", "htpasswd", "runc")
+	busybox, err := os.ReadFile("/bin/busybox")
+	if err != nil {
+		if os.Getenv("CI") != "" {
+			t.Fatalf("busybox-static is required in CI: %v", err)
+		}
+		t.Skipf("no /bin/busybox (apt-get install busybox-static): %v", err)
+	}
+	start := time.Now()
+	r := startRegistry(t)
+	e := &bkEnv{r: r, bk: startBuildkit(t, r), remote: r.remoteOptions(t), archives: map[string]string{}, results: map[string]map[string]string{}}
+	if path := os.Getenv("E2E_BUILDKIT_REPORT"); path != "" {
+		t.Cleanup(func() { e.writeReport(t, path, time.Since(start)) })
+	}
+
+	// Bases: base (index with attestation) and mbase (two platforms),
+	// both versions, then the re-compressed copies of base.
+	var jobs []func() error
+	for _, v := range []string{"1", "2"} {
+		ctx := e.context(t, filepath.Join(fidelityDir, "base-"+v), map[string]string{"busybox": string(busybox)})
+		jobs = append(jobs,
+			func() error {
+				return e.bk.build(ctx, "base:"+v, []string{"attest:provenance=mode=min"}, nil, nil)
+			},
+			func() error {
+				return e.bk.build(ctx, "mbase:"+v, []string{"attest:provenance=mode=min", "platform=linux/amd64,linux/arm64"}, nil, nil)
+			})
+	}
+	runJobs(t, 4, jobs)
+	jobs = nil
+	for _, v := range []string{"1", "2"} {
+		jobs = append(jobs,
+			func() error {
+				_, err := runErr("skopeo", "copy", "-q", "--src-cert-dir", r.CertDir, "--src-creds", r.creds(), "--dest-cert-dir", r.CertDir, "--dest-creds", r.creds(),
+					"--dest-compress-format", "zstd", "docker://"+r.Host+"/base:"+v, "docker://"+r.Host+"/zbase:"+v)
+				return err
+			},
+			// skopeo 1.9 compresses every layer it pushes to a registry
+			// (--dest-decompress is for dir: only), so the uncompressed
+			// copy is written with go-containerregistry.
+			func() error { return e.uncompressedCopy("base:"+v, "ubase:"+v) })
+	}
+	runJobs(t, 4, jobs)
+	for _, repo := range []string{"base", "mbase", "zbase", "ubase"} {
+		e.retag(t, repo+":1", repo+":stable")
+	}
+	t.Logf("bases built in %s", time.Since(start).Round(time.Second))
+
+	// Applications on v1 (explicit and auto), and the explicit rebuilds.
+	jobs = nil
+	for _, c := range bkCases {
+		jobs = append(jobs,
+			e.appJob(t, c, "1", "1", "v1"),
+			e.appJob(t, c, "2", "2", "rebuild"),
+			e.appJob(t, c, "stable", "stable", "auto-v1"))
+	}
+	runJobs(t, 3, jobs)
+	// The base tags move to v2; the auto rebuilds follow them.
+	for _, repo := range []string{"base", "mbase", "zbase", "ubase"} {
+		e.retag(t, repo+":2", repo+":stable")
+	}
+	jobs = nil
+	for _, c := range bkCases {
+		jobs = append(jobs, e.appJob(t, c, "stable", "stable", "auto-rebuild"))
+	}
+	runJobs(t, 3, jobs)
+	for _, c := range bkCases {
+		if c.archive {
+			for _, tag := range []string{"v1", "auto-v1"} {
+				file := filepath.Join(t.TempDir(), "app.tar")
+				r.export(t, c.name+":"+tag, "docker-archive:"+file+":"+c.name+":"+tag)
+				e.archives[c.name+":"+tag] = file
+			}
+		}
+	}
+	t.Logf("corpus built and pushed in %s", time.Since(start).Round(time.Second))
+
+	for _, c := range bkCases {
+		t.Run(c.name, func(t *testing.T) {
+			for _, mode := range []string{"explicit", "auto"} {
+				t.Run(mode, func(t *testing.T) {
+					t.Parallel()
+					e.check(t, c, mode)
+				})
+			}
+		})
+	}
+}
+
+// runJobs runs jobs, n at a time, and fails the test with every error.
+func runJobs(t *testing.T, n int, jobs []func() error) {
+	t.Helper()
+	sem := make(chan struct{}, n)
+	errs := make([]error, len(jobs))
+	var wg sync.WaitGroup
+	for i, j := range jobs {
+		wg.Add(1)
+		sem <- struct{}{}
+		go func() {
+			defer func() { <-sem; wg.Done() }()
+			errs[i] = j()
+		}()
+	}
+	wg.Wait()
+	var failed bool
+	for _, err := range errs {
+		if err != nil {
+			t.Error(err)
+			failed = true
+		}
+	}
+	if failed {
+		t.FailNow()
+	}
+}
+
+// runErr runs a tool and returns its stdout, or an error with its output.
+func runErr(name string, args ...string) (string, error) {
+	cmd := exec.Command(name, args...)
+	var out, errb bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &errb
+	if err := cmd.Run(); err != nil {
+		return "", fmt.Errorf("%s %s: %v\n%s%s", name, strings.Join(args, " "), err, out.String(), errb.String())
+	}
+	return out.String(), nil
+}
+
+// context copies a build context to a new directory, with extra files.
+func (e *bkEnv) context(t *testing.T, src string, extra map[string]string) string {
+	t.Helper()
+	dir := t.TempDir()
+	for name, content := range caseFiles(t, src, extra) {
+		p := filepath.Join(dir, name)
+		os.MkdirAll(filepath.Dir(p), 0o755)
+		// Executable, as buildImage writes them: busybox must run.
+		if err := os.WriteFile(p, []byte(content), 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if df, err := os.ReadFile(filepath.Join(src, "Dockerfile")); err == nil {
+		write(t, filepath.Join(dir, "Dockerfile"), df)
+	}
+	return dir
+}
+
+// dockerfile names from in every FROM of the corpus's base and adds
+// LABEL FROM=label after the last one.
+func dockerfile(src, from, label string) string {
+	lines := strings.Split(src, "\n")
+	last := -1
+	for i, l := range lines {
+		if rest, ok := strings.CutPrefix(l, "FROM localhost/fidelity-base"); ok {
+			lines[i] = "FROM " + from + rest
+			last = i
+		}
+	}
+	if last < 0 {
+		panic("no FROM localhost/fidelity-base in the Dockerfile")
+	}
+	return strings.Join(slices.Insert(lines, last+1, "LABEL FROM="+label), "\n")
+}
+
+// appJob returns the job that builds case c FROM its base at baseTag with
+// LABEL FROM naming labelTag, pushed as c.name:dest.
+func (e *bkEnv) appJob(t *testing.T, c bkCase, baseTag, labelTag, dest string) func() error {
+	t.Helper()
+	src := filepath.Join("testdata", c.src)
+	from := e.r.Host + "/" + c.buildRepo() + ":" + baseTag
+	label := e.label(c, labelTag)
+	repoTag := c.name + ":" + dest
+	ctx := e.context(t, src, nil)
+	switch c.builder {
+	case "":
+		write(t, filepath.Join(ctx, "Dockerfile"), []byte(dockerfile(readFile(t, filepath.Join(src, "Dockerfile")), from, label)))
+		opts := slices.Clone(c.opts)
+		if !c.noAttest {
+			opts = append(opts, "attest:provenance=mode=min")
+		}
+		return func() error { return e.bk.build(ctx, repoTag, opts, c.output, c.extra) }
+	case "buildah":
+		write(t, filepath.Join(ctx, "Dockerfile"), []byte(dockerfile(readFile(t, filepath.Join(src, "Dockerfile")), from, label)))
+		return func() error { return e.buildahOmitHistory(ctx, repoTag) }
+	case "umoci":
+		return func() error { return e.umociApp(ctx, from, label, repoTag) }
+	case "crane":
+		hello := readFile(t, filepath.Join(src, "hello"))
+		return func() error { return e.craneApp(from, label, hello, repoTag) }
+	}
+	t.Fatalf("unknown builder %q", c.builder)
+	return nil
+}
+
+// buildahOmitHistory builds with buildah bud --omit-history (no history in
+// the config, the base's included) and pushes the result.
+func (e *bkEnv) buildahOmitHistory(ctx, repoTag string) error {
+	r := e.r
+	local := "localhost/bk-" + strings.NewReplacer(":", "-").Replace(repoTag)
+	common := []string{"--storage-driver", "vfs", "--root", buildahRoot, "--runroot", buildahRoot + "-run"}
+	if _, err := runErr("buildah", append(common, "bud", "--isolation", "chroot", "--pull=always", "--omit-history", "--format", "oci",
+		"--cert-dir", r.CertDir, "--creds", r.creds(), "-t", local, ctx)...); err != nil {
+		return err
+	}
+	_, err := runErr("buildah", append(common, "push", "--cert-dir", r.CertDir, "--creds", r.creds(), "--format", "oci", local, "docker://"+r.Host+"/"+repoTag)...)
+	return err
+}
+
+// umociApp is an image made without a Dockerfile: the base copied to an
+// OCI layout, a file inserted, the config changed, pushed by skopeo.
+func (e *bkEnv) umociApp(ctx, from, label, repoTag string) error {
+	r := e.r
+	layout := filepath.Join(ctx, "layout")
+	steps := [][]string{
+		{"skopeo", "copy", "-q", "--src-cert-dir", r.CertDir, "--src-creds", r.creds(), "docker://" + from, "oci:" + layout + ":base"},
+		{"umoci", "insert", "--image", layout + ":base", "--tag", "app", filepath.Join(ctx, "hello"), "/app/hello"},
+		{"umoci", "config", "--image", layout + ":app", "--config.label", "FROM=" + label, "--config.env", "APP=umoci",
+			"--config.workingdir", "/app", "--config.cmd", "/bin/busybox", "--config.cmd", "cat", "--config.cmd", "/app/hello"},
+		{"skopeo", "copy", "-q", "--dest-cert-dir", r.CertDir, "--dest-creds", r.creds(), "oci:" + layout + ":app", "docker://" + r.Host + "/" + repoTag},
+	}
+	for _, s := range steps {
+		if _, err := runErr(s[0], s[1:]...); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// craneApp is what crane append and crane mutate make: a layer appended
+// by go-containerregistry (a blank history entry) and a config changed
+// with no history entry at all.
+func (e *bkEnv) craneApp(from, label, hello, repoTag string) error {
+	ref, err := name.ParseReference(from)
+	if err != nil {
+		return err
+	}
+	base, err := remote.Image(ref, append(e.remote, remote.WithPlatform(v1.Platform{OS: "linux", Architecture: "amd64"}))...)
+	if err != nil {
+		return fmt.Errorf("crane: reading %s: %w", from, err)
+	}
+	var buf bytes.Buffer
+	tw := tar.NewWriter(&buf)
+	mtime := time.Date(2024, 1, 1, 0, 0, 0, 0, time.UTC)
+	tw.WriteHeader(&tar.Header{Name: "app/", Typeflag: tar.TypeDir, Mode: 0o755, ModTime: mtime})
+	tw.WriteHeader(&tar.Header{Name: "app/hello", Typeflag: tar.TypeReg, Mode: 0o644, Size: int64(len(hello)), ModTime: mtime})
+	tw.Write([]byte(hello))
+	tw.Close()
+	layer, err := tarball.LayerFromOpener(func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(buf.Bytes())), nil }, tarball.WithMediaType(types.OCILayer))
+	if err != nil {
+		return err
+	}
+	img, err := mutate.AppendLayers(base, layer)
+	if err != nil {
+		return err
+	}
+	cf, err := img.ConfigFile()
+	if err != nil {
+		return err
+	}
+	cfg := *cf.Config.DeepCopy()
+	cfg.Labels = maps.Clone(cfg.Labels)
+	if cfg.Labels == nil {
+		cfg.Labels = map[string]string{}
+	}
+	cfg.Labels["FROM"] = label
+	cfg.Env = append(slices.Clone(cfg.Env), "APP=crane")
+	cfg.Cmd = []string{"/bin/busybox", "cat", "/app/hello"}
+	if img, err = mutate.Config(img, cfg); err != nil {
+		return err
+	}
+	dest, err := name.ParseReference(e.r.Host + "/" + repoTag)
+	if err != nil {
+		return err
+	}
+	return remote.Write(dest, img, e.remote...)
+}
+
+// rawManifest is a manifest to put as it is.
+type rawManifest struct {
+	raw []byte
+	mt  types.MediaType
+}
+
+func (m rawManifest) RawManifest() ([]byte, error)        { return m.raw, nil }
+func (m rawManifest) MediaType() (types.MediaType, error) { return m.mt, nil }
+
+// uncompressedCopy copies the linux/amd64 image of src to dest with every
+// layer uncompressed (application/vnd.oci.image.layer.v1.tar), the config
+// byte for byte.
+func (e *bkEnv) uncompressedCopy(src, dest string) error {
+	sref, err := name.ParseReference(e.r.Host + "/" + src)
+	if err != nil {
+		return err
+	}
+	dref, err := name.ParseReference(e.r.Host + "/" + dest)
+	if err != nil {
+		return err
+	}
+	img, err := remote.Image(sref, append(e.remote, remote.WithPlatform(v1.Platform{OS: "linux", Architecture: "amd64"}))...)
+	if err != nil {
+		return err
+	}
+	m, err := img.Manifest()
+	if err != nil {
+		return err
+	}
+	cfg, err := img.RawConfigFile()
+	if err != nil {
+		return err
+	}
+	if err := remote.WriteLayer(dref.Context(), static.NewLayer(cfg, m.Config.MediaType), e.remote...); err != nil {
+		return err
+	}
+	layers, err := img.Layers()
+	if err != nil {
+		return err
+	}
+	out := v1.Manifest{SchemaVersion: 2, MediaType: types.OCIManifestSchema1, Config: m.Config}
+	for _, l := range layers {
+		rc, err := l.Uncompressed()
+		if err != nil {
+			return err
+		}
+		b, err := io.ReadAll(rc)
+		rc.Close()
+		if err != nil {
+			return err
+		}
+		ul := static.NewLayer(b, types.OCIUncompressedLayer)
+		if err := remote.WriteLayer(dref.Context(), ul, e.remote...); err != nil {
+			return err
+		}
+		d, _ := ul.Digest()
+		out.Layers = append(out.Layers, v1.Descriptor{MediaType: types.OCIUncompressedLayer, Digest: d, Size: int64(len(b))})
+	}
+	raw, err := json.Marshal(out)
+	if err != nil {
+		return err
+	}
+	return remote.Put(dref, rawManifest{raw, types.OCIManifestSchema1}, e.remote...)
+}
+
+// retag points tag at the manifest (or index) from names, byte for byte.
+func (e *bkEnv) retag(t *testing.T, from, tag string) {
+	t.Helper()
+	src, err := name.ParseReference(e.r.Host + "/" + from)
+	if err != nil {
+		t.Fatal(err)
+	}
+	desc, err := remote.Get(src, e.remote...)
+	if err != nil {
+		t.Fatalf("reading %s: %v", from, err)
+	}
+	dst, err := name.NewTag(e.r.Host + "/" + tag)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := remote.Tag(dst, desc, e.remote...); err != nil {
+		t.Fatalf("tagging %s as %s: %v", from, tag, err)
+	}
+}
+
+// remoteOptions are go-containerregistry options for r: its CA and
+// credentials.
+func (r *registryServer) remoteOptions(t *testing.T) []remote.Option {
+	t.Helper()
+	pool := x509.NewCertPool()
+	pool.AppendCertsFromPEM([]byte(readFile(t, r.CAFile)))
+	tr := remote.DefaultTransport.(*http.Transport).Clone()
+	tr.TLSClientConfig = &tls.Config{RootCAs: pool}
+	return []remote.Option{remote.WithTransport(tr), remote.WithAuth(&authn.Basic{Username: r.User, Password: r.Pass})}
+}
+
+// configArch returns the raw config of repoTag's image for linux/arch.
+func (r *registryServer) configArch(t *testing.T, repoTag, arch string) string {
+	t.Helper()
+	return run(t, "skopeo", "--override-os", "linux", "--override-arch", arch, "inspect", "--config", "--raw", "--cert-dir", r.CertDir, "--creds", r.creds(), "docker://"+r.Host+"/"+repoTag)
+}
+
+// shape describes repoTag's manifest as skopeo reads it: an index's media
+// type and its platform manifests (attestations aside), and for each
+// manifest its media type, config media type and layer media-type family.
+// layers gets the layer media types, for the log.
+func (r *registryServer) shape(t *testing.T, repoTag string, layers map[string][]string) map[string]any {
+	t.Helper()
+	var doc struct {
+		MediaType string `json:"mediaType"`
+		Manifests []struct {
+			Digest   string `json:"digest"`
+			Platform struct {
+				OS           string `json:"os"`
+				Architecture string `json:"architecture"`
+			} `json:"platform"`
+			Annotations map[string]string `json:"annotations"`
+		} `json:"manifests"`
+		Config struct {
+			MediaType string `json:"mediaType"`
+		} `json:"config"`
+		Layers []struct {
+			MediaType string `json:"mediaType"`
+		} `json:"layers"`
+	}
+	raw := r.inspect(t, repoTag)
+	if err := json.Unmarshal([]byte(raw), &doc); err != nil {
+		t.Fatalf("%s: %v", repoTag, err)
+	}
+	repo, _, _ := strings.Cut(repoTag, ":")
+	if len(doc.Manifests) > 0 {
+		out := map[string]any{"index": doc.MediaType}
+		for _, m := range doc.Manifests {
+			if m.Annotations["vnd.docker.reference.type"] == "attestation-manifest" {
+				continue
+			}
+			out[m.Platform.OS+"/"+m.Platform.Architecture] = r.shape(t, repo+"@"+m.Digest, layers)
+		}
+		return out
+	}
+	var families, mts []string
+	for _, l := range doc.Layers {
+		mts = append(mts, l.MediaType)
+		f := l.MediaType
+		switch {
+		case strings.HasPrefix(f, "application/vnd.oci."):
+			f = "oci"
+		case strings.HasPrefix(f, "application/vnd.docker."):
+			f = "docker"
+		}
+		if !slices.Contains(families, f) {
+			families = append(families, f)
+		}
+	}
+	if layers != nil {
+		layers[repoTag] = mts
+	}
+	return map[string]any{"manifest": doc.MediaType, "config": doc.Config.MediaType, "layers": families}
+}
+
+// attestations counts an index's attestation manifests.
+func (r *registryServer) attestations(t *testing.T, repoTag string) int {
+	t.Helper()
+	var idx struct {
+		Manifests []struct {
+			Annotations map[string]string `json:"annotations"`
+		} `json:"manifests"`
+	}
+	json.Unmarshal([]byte(r.inspect(t, repoTag)), &idx)
+	n := 0
+	for _, m := range idx.Manifests {
+		if m.Annotations["vnd.docker.reference.type"] == "attestation-manifest" {
+			n++
+		}
+	}
+	return n
+}
+
+// bkConfig is normalConfig without BuildKit's inline cache record (the
+// rebuild has its own; the rebased image is checked to have none).
+func bkConfig(t *testing.T, raw string) any {
+	t.Helper()
+	var m map[string]any
+	if err := json.Unmarshal([]byte(raw), &m); err != nil {
+		t.Fatal(err)
+	}
+	delete(m, "moby.buildkit.cache.v0")
+	b, _ := json.Marshal(m)
+	return normalConfig(t, string(b))
+}
+
+func diffIDs(t *testing.T, raw string) []string {
+	t.Helper()
+	var c struct {
+		RootFS struct {
+			DiffIDs []string `json:"diff_ids"`
+		} `json:"rootfs"`
+	}
+	if err := json.Unmarshal([]byte(raw), &c); err != nil {
+		t.Fatal(err)
+	}
+	return c.RootFS.DiffIDs
+}
+
+type bkResult struct {
+	Action    string
+	Warnings  []struct{ Code, Message string }
+	Detection struct {
+		Method  string
+		Reasons []string
+	} `json:"detection"`
+}
+
+// check rebases case c in mode and compares the result with the rebuild.
+func (e *bkEnv) check(t *testing.T, c bkCase, mode string) {
+	r := e.r
+	var notes []string
+	fail := func(fatal bool, format string, args ...any) {
+		t.Helper()
+		msg := fmt.Sprintf(format, args...)
+		notes = append(notes, msg)
+		t.Error(msg)
+		if fatal {
+			t.FailNow()
+		}
+	}
+	var summary string
+	defer func() {
+		status := "pass"
+		if t.Failed() {
+			status = "FAIL"
+			if len(notes) == 0 {
+				notes = append(notes, "harness failure, see the test log")
+			}
+		}
+		line := status
+		if summary != "" {
+			line += " (" + summary + ")"
+		}
+		if len(notes) > 0 {
+			line += ": " + strings.Join(notes, " | ")
+		}
+		e.mu.Lock()
+		if e.results[c.name] == nil {
+			e.results[c.name] = map[string]string{}
+		}
+		e.results[c.name][mode] = line
+		e.mu.Unlock()
+	}()
+
+	image, rebuilt, rebased := c.name+":v1", c.name+":rebuild", c.name+":rebased"
+	if mode == "auto" {
+		image, rebuilt, rebased = c.name+":auto-v1", c.name+":auto-rebuild", c.name+":auto-rebased"
+	}
+	var args []string
+	switch {
+	// From an archive to a registry the application's layers must be
+	// uploaded: --allow-copy.
+	case c.archive && mode == "explicit":
+		args = []string{"docker-archive:" + e.archives[image], "--from-base", r.Host + "/" + c.baseRepo() + ":1", "--to-base", r.Host + "/" + c.baseRepo() + ":2", "-t", r.Host + "/" + rebased, "--allow-copy"}
+	case c.archive:
+		args = []string{"docker-archive:" + e.archives[image], "-t", r.Host + "/" + rebased, "--allow-copy"}
+	case mode == "explicit":
+		args = []string{r.Host, image, "--from-base", c.baseRepo() + ":1", "--to-base", c.baseRepo() + ":2", "-t", "rebased"}
+	default:
+		args = []string{r.Host, image, "-t", "auto-rebased"}
+	}
+	args = append(args, "-o", "json")
+
+	// The harness itself: v1 sits on v1, the rebuild on v2.
+	for _, a := range c.arches() {
+		for img, base := range map[string]string{image: c.buildRepo() + ":1", rebuilt: c.buildRepo() + ":2"} {
+			want := diffIDs(t, r.configArch(t, base, a))
+			if got := diffIDs(t, r.configArch(t, img, a)); len(got) < len(want) || !slices.Equal(got[:len(want)], want) {
+				t.Fatalf("harness: %s (%s) is not built on %s", img, a, base)
+			}
+		}
+	}
+
+	want := slices.Clone(c.warn)
+	if !c.archive && r.attestations(t, image) > 0 {
+		want = append(want, "attestation-dropped")
+	}
+	slices.Sort(want)
+	want = slices.Compact(want)
+	if len(want) > 0 {
+		code, out, stderr := rebase(t, r.env(), append(args, "--strict")...)
+		var res bkResult
+		json.Unmarshal([]byte(out), &res)
+		if code != 4 || res.Action != "refused" || r.exists(t, rebased) {
+			fail(false, "--strict: want exit 4, action refused, nothing written; exit %d, action %q: %s", code, res.Action, oneLine(stderr))
+		}
+	}
+	code, out, stderr := rebase(t, r.env(), args...)
+	if code != 0 {
+		fail(true, "exit %d: %s", code, oneLine(stderr))
+	}
+	var res bkResult
+	if err := json.Unmarshal([]byte(out), &res); err != nil {
+		fail(true, "output is not one JSON object: %v", err)
+	}
+	var codes []string
+	for _, w := range res.Warnings {
+		codes = append(codes, w.Code)
+		t.Logf("warning %s: %s", w.Code, w.Message)
+	}
+	slices.Sort(codes)
+	codes = slices.Compact(codes)
+	summary = strings.Join(codes, ",")
+	if mode == "auto" && res.Detection.Method != "" {
+		summary = strings.TrimPrefix(summary+"; detected by "+res.Detection.Method, "; ")
+	}
+	for _, reason := range res.Detection.Reasons {
+		t.Logf("reason: %s", reason)
+	}
+	if !slices.Equal(codes, want) {
+		fail(false, "warnings %v, want %v", codes, want)
+	}
+	if res.Action != "rebased" {
+		fail(true, "action %q, want rebased", res.Action)
+	}
+
+	type aspect struct {
+		name      string
+		got, want func() any
+	}
+	var aspects []aspect
+	if !slices.Contains(c.skip, "manifest") {
+		layers := map[string][]string{}
+		aspects = append(aspects, aspect{"manifest",
+			func() any { s := r.shape(t, rebased, layers); t.Logf("rebased layer types: %v", layers); return s },
+			func() any { return r.shape(t, rebuilt, nil) }})
+	}
+	for _, a := range c.arches() {
+		aspects = append(aspects,
+			aspect{"config", func() any { return bkConfig(t, r.configArch(t, rebased, a)) }, func() any { return bkConfig(t, r.configArch(t, rebuilt, a)) }},
+			aspect{"history", func() any { return normalHistory(t, r.configArch(t, rebased, a)) }, func() any { return normalHistory(t, r.configArch(t, rebuilt, a)) }},
+			aspect{"tree", func() any { return tree(t, r.unpackArch(t, rebased, a)) }, func() any { return tree(t, r.unpackArch(t, rebuilt, a)) }})
+	}
+	for _, a := range aspects {
+		if slices.Contains(c.skip, a.name) {
+			continue
+		}
+		got, want := a.got(), a.want()
+		same := reflect.DeepEqual(got, want)
+		switch {
+		case slices.Contains(c.differs, a.name) && same:
+			fail(false, "%s: equal to the rebuild, but the case says the hazard makes it differ", a.name)
+		case slices.Contains(c.differs, a.name):
+			t.Logf("%s differs from the rebuild, as expected:\n%s", a.name, diff(got, want))
+		case !same:
+			fail(false, "%s differs from the rebuild: %s", a.name, compactDiff(diff(got, want)))
+		}
+	}
+	for _, a := range c.arches() {
+		if strings.Contains(r.configArch(t, rebased, a), "moby.buildkit.cache.v0") {
+			fail(false, "the rebased config keeps moby.buildkit.cache.v0 (inline cache of the old layers)")
+		}
+	}
+}
+
+func oneLine(s string) string {
+	return strings.Join(strings.Fields(s), " ")
+}
+
+// compactDiff puts diff's lines on one line, for the report.
+func compactDiff(d string) string {
+	var parts []string
+	for _, l := range strings.Split(strings.TrimSpace(d), "\n") {
+		parts = append(parts, strings.Join(strings.Fields(l), " "))
+	}
+	s := strings.Join(parts, "; ")
+	if len(s) > 1500 {
+		s = s[:1500] + "…"
+	}
+	return s
+}
+
+// writeReport writes the pass/fail table as Markdown (E2E_BUILDKIT_REPORT).
+func (e *bkEnv) writeReport(t *testing.T, path string, took time.Duration) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	var b strings.Builder
+	pass := map[string]int{}
+	for _, m := range e.results {
+		for mode, line := range m {
+			if strings.HasPrefix(line, "pass") {
+				pass[mode]++
+			}
+		}
+	}
+	fmt.Fprintf(&b, "# BuildKit corpus (go test -run TestBuildKit ./e2e/)\n\n%s, %d cases; passing: explicit %d, auto %d; test time %s\n\n",
+		time.Now().UTC().Format(time.RFC3339), len(e.results), pass["explicit"], pass["auto"], took.Round(time.Second))
+	b.WriteString("| case | explicit | auto |\n| --- | --- | --- |\n")
+	names := slices.Collect(maps.Keys(e.results))
+	order := map[string]int{}
+	for i, c := range bkCases {
+		order[c.name] = i
+	}
+	sort.Slice(names, func(i, j int) bool { return order[names[i]] < order[names[j]] })
+	cell := func(s string) string { return strings.ReplaceAll(s, "|", "\\|") }
+	for _, n := range names {
+		fmt.Fprintf(&b, "| %s | %s | %s |\n", n, cell(e.results[n]["explicit"]), cell(e.results[n]["auto"]))
+	}
+	if err := os.WriteFile(path, []byte(b.String()), 0o644); err != nil {
+		t.Errorf("writing the report: %v", err)
+	}
+}
