@@ -7,11 +7,13 @@ import (
 	"errors"
 	"fmt"
 	"maps"
+	"slices"
 	"strings"
 	"sync"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 
+	"github.com/image-rebase/image-rebase/basedetect"
 	"github.com/image-rebase/image-rebase/manifest"
 	"github.com/image-rebase/image-rebase/platform"
 	"github.com/image-rebase/image-rebase/rebase"
@@ -23,6 +25,9 @@ type platformWork struct {
 	desc v1.Descriptor
 	name string
 	plan *rebase.Plan
+	// detection says how the platform's old base was found, in automatic
+	// mode.
+	detection *basedetect.Decision
 }
 
 // rebaseIndex rebases each platform image of an index onto the matching
@@ -37,7 +42,43 @@ func rebaseIndex(ctx context.Context, req Request, target WritableRepo, img, fro
 // rebaseIndexIn is rebaseIndex within a batch run (nil for a single rebase):
 // the bases' platform images come from the run's cache.
 func rebaseIndexIn(ctx context.Context, req Request, target WritableRepo, img, from, to *doc, r *run) (*Result, error) {
-	res := &Result{Image: req.Image.String(), Target: req.Target.String(), Before: img.desc.Digest, Warnings: []rebase.Warning{}}
+	work, err := indexWork(req, img)
+	if err != nil {
+		return nil, err
+	}
+	var cache imageCache
+	bases := r.bases()
+	err = eachPlatform(work, func(w *platformWork) error {
+		// The index says the platform: the bases' images are fetched
+		// alongside the image's, not after it.
+		p := *w.desc.Platform
+		var app, old, nw *manifest.Image
+		var aerr, oerr, nerr error
+		var inner sync.WaitGroup
+		inner.Go(func() {
+			app, aerr = cache.get(ctx, req.Image.Repo, w.desc.Digest, fmt.Sprintf("%s [%s]", req.Image, w.name))
+		})
+		inner.Go(func() { old, oerr = bases.forPlatform(ctx, from, p) })
+		inner.Go(func() { nw, nerr = bases.forPlatform(ctx, to, p) })
+		inner.Wait()
+		if err := firstError(aerr, oerr, nerr); err != nil {
+			return err
+		}
+		var err error
+		if w.plan, err = Plan(app, old, nw); err != nil {
+			return fmt.Errorf("platform %s: %w", w.name, err)
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	return finishIndex(ctx, req, target, img, rebase.BaseRef{Ref: from.loc.String(), Digest: from.desc.Digest}, to, work, r)
+}
+
+// indexWork lists the platform images of an index that the request
+// rebases, refusing what it cannot do.
+func indexWork(req Request, img *doc) ([]*platformWork, error) {
 	var work []*platformWork
 	var skipped []string
 	for i, d := range img.index.Manifests {
@@ -60,43 +101,25 @@ func rebaseIndexIn(ctx context.Context, req Request, target WritableRepo, img, f
 	if len(skipped) > 0 && !req.KeepOtherPlatforms {
 		return nil, &rebase.RefusedError{Reason: fmt.Sprintf("--platform leaves %s of %s unrebased; pass --keep-other-platforms to keep them unchanged in the new index", strings.Join(skipped, ", "), req.Image)}
 	}
+	return work, nil
+}
 
-	var cache imageCache
-	bases := &cache
-	if r != nil {
-		bases = r.bases()
-	}
+// eachPlatform runs plan for every platform concurrently and returns the
+// first failure.
+func eachPlatform(work []*platformWork, plan func(w *platformWork) error) error {
 	errs := make([]error, len(work))
 	var wg sync.WaitGroup
 	for i, w := range work {
-		wg.Go(func() {
-			// The index says the platform: the bases' images are fetched
-			// alongside the image's, not after it.
-			p := *w.desc.Platform
-			var app, old, nw *manifest.Image
-			var aerr, oerr, nerr error
-			var inner sync.WaitGroup
-			inner.Go(func() {
-				app, aerr = cache.get(ctx, req.Image.Repo, w.desc.Digest, fmt.Sprintf("%s [%s]", req.Image, w.name))
-			})
-			inner.Go(func() { old, oerr = bases.forPlatform(ctx, from, p) })
-			inner.Go(func() { nw, nerr = bases.forPlatform(ctx, to, p) })
-			inner.Wait()
-			if err := firstError(aerr, oerr, nerr); err != nil {
-				errs[i] = err
-				return
-			}
-			var err error
-			if w.plan, err = Plan(app, old, nw); err != nil {
-				errs[i] = fmt.Errorf("platform %s: %w", w.name, err)
-			}
-		})
+		wg.Go(func() { errs[i] = plan(w) })
 	}
 	wg.Wait()
-	if err := firstError(errs...); err != nil {
-		return nil, err
-	}
+	return firstError(errs...)
+}
 
+// finishIndex turns the platforms' plans into the result: up to date, a
+// dry run, or the new index written. old names the old base for the result.
+func finishIndex(ctx context.Context, req Request, target WritableRepo, img *doc, old rebase.BaseRef, to *doc, work []*platformWork, r *run) (*Result, error) {
+	res := &Result{Image: req.Image.String(), Target: req.Target.String(), Before: img.desc.Digest, Warnings: []rebase.Warning{}}
 	upToDate := true
 	for _, w := range work {
 		action := UpToDate
@@ -105,14 +128,21 @@ func rebaseIndexIn(ctx context.Context, req Request, target WritableRepo, img, f
 			upToDate = false
 			action, after = WouldRebase, w.plan.ManifestDescriptor.Digest
 		}
-		res.Platforms = append(res.Platforms, PlatformResult{Platform: w.name, Action: action, Before: w.desc.Digest, After: after, Plan: w.plan})
-		for _, wn := range w.plan.Warnings {
+		res.Platforms = append(res.Platforms, PlatformResult{Platform: w.name, Action: action, Before: w.desc.Digest, After: after, Plan: w.plan, Detection: w.detection})
+		warnings := w.plan.Warnings
+		if w.detection != nil {
+			warnings = append(slices.Clone(w.detection.Warnings), warnings...)
+		}
+		for _, wn := range warnings {
 			res.Warnings = append(res.Warnings, rebase.Warning{Code: wn.Code, Message: w.name + ": " + wn.Message})
 		}
 		res.OldBase, res.NewBase = w.plan.OldBase, w.plan.NewBase
+		if res.Detection == nil {
+			res.Detection = w.detection
+		}
 	}
-	res.OldBase.Ref, res.NewBase.Ref = from.loc.String(), to.loc.String()
-	res.OldBase.Digest, res.NewBase.Digest = from.desc.Digest, to.desc.Digest
+	res.OldBase.Ref, res.NewBase.Ref = old.Ref, to.loc.String()
+	res.OldBase.Digest, res.NewBase.Digest = old.Digest, to.desc.Digest
 	if upToDate {
 		res.Action, res.After = UpToDate, img.desc.Digest
 		return res, nil

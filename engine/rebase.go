@@ -108,6 +108,9 @@ type PlatformResult struct {
 	Before   v1.Hash      `json:"before"`
 	After    v1.Hash      `json:"after"`
 	Plan     *rebase.Plan `json:"plan,omitempty"`
+	// Detection says how this platform's old base was found, in automatic
+	// mode.
+	Detection *basedetect.Decision `json:"detection,omitempty"`
 }
 
 // TargetExistsError reports a target tag that names another image.
