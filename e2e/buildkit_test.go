@@ -77,6 +77,15 @@ type bkCase struct {
 	// archive: the v1 image is exported by skopeo to a docker-archive
 	// (docker save format) and rebased from that file into the registry.
 	archive bool
+	// modes limits the modes the case runs in (default both).
+	modes []string
+	// keepAttestations rebases with --keep-attestations: an attestation
+	// kept must describe a manifest of the result.
+	keepAttestations bool
+	// deleteOld deletes <base>:1 from the registry once the applications
+	// are built: automatic mode must then find the old base's config
+	// another way (the base's history, replayed).
+	deleteOld bool
 	// warn lists the warning codes the rebase must raise besides
 	// attestation-dropped, which every index with attestations raises.
 	warn []string
@@ -124,14 +133,22 @@ var bkCases = []bkCase{
 	// Shapes of BuildKit output, on the typical Dockerfile.
 	{name: "single-manifest", src: "buildkit/typical", noAttest: true},
 	{name: "two-platforms", src: "buildkit/typical", base: "mbase", opts: []string{"platform=linux/amd64,linux/arm64"}},
+	// An attestation kept describes the old build: warned, and it must not
+	// name a manifest the result no longer has.
+	{name: "keep-attestations", src: "buildkit/typical", keepAttestations: true, warn: []string{"attestation-stale"}},
 	// BuildKit refuses attestations with Docker media types.
 	{name: "docker-mediatypes", src: "buildkit/typical", noAttest: true, output: []string{"oci-mediatypes=false"}},
+	{name: "docker-two-platforms", src: "buildkit/typical", base: "mbase", noAttest: true, opts: []string{"platform=linux/amd64,linux/arm64"}, output: []string{"oci-mediatypes=false"}},
 	{name: "zstd", src: "buildkit/typical", output: []string{"compression=zstd", "force-compression=true"}},
 	{name: "uncompressed", src: "buildkit/typical", output: []string{"compression=uncompressed", "force-compression=true"}},
 	{name: "inline-cache", src: "buildkit/typical", extra: []string{"--export-cache", "type=inline"}},
 	// The bases re-compressed after the application was built.
 	{name: "zstd-base", src: "buildkit/typical", base: "zbase"},
 	{name: "uncompressed-base", src: "buildkit/typical", base: "ubase"},
+	// The old base is gone from the registry (obase is a copy of base
+	// whose tag 1 is deleted after the build): only automatic mode can
+	// run, from what the image records.
+	{name: "old-base-deleted", src: "buildkit/typical", base: "obase", deleteOld: true, modes: []string{"auto"}},
 	// A docker save archive of the application, rebased onto registry
 	// bases into the registry. skopeo writes Docker schema 2 with
 	// uncompressed layers: the manifest cannot match the rebuild's index.
@@ -142,6 +159,9 @@ var bkCases = []bkCase{
 	{name: "buildah-omit-history", src: "buildkit/typical", builder: "buildah"},
 	{name: "crane", src: "buildkit/typical", builder: "crane"},
 }
+
+// bkBaseRepos are the base repositories, each with tags 1, 2 and stable.
+var bkBaseRepos = []string{"base", "mbase", "zbase", "ubase", "obase"}
 
 // bkEnv is what the corpus shares: one registry, one buildkitd.
 type bkEnv struct {
@@ -229,7 +249,10 @@ func TestBuildKit(t *testing.T) {
 			func() error { return e.uncompressedCopy("base:"+v, "ubase:"+v) })
 	}
 	runJobs(t, 4, jobs)
-	for _, repo := range []string{"base", "mbase", "zbase", "ubase"} {
+	for _, v := range []string{"1", "2"} {
+		e.retag(t, "base:"+v, "obase:"+v)
+	}
+	for _, repo := range bkBaseRepos {
 		e.retag(t, repo+":1", repo+":stable")
 	}
 	t.Logf("bases built in %s", time.Since(start).Round(time.Second))
@@ -244,7 +267,12 @@ func TestBuildKit(t *testing.T) {
 	}
 	runJobs(t, 3, jobs)
 	// The base tags move to v2; the auto rebuilds follow them.
-	for _, repo := range []string{"base", "mbase", "zbase", "ubase"} {
+	for _, c := range bkCases {
+		if c.deleteOld {
+			r.deleteTagged(t, c.baseRepo()+":1")
+		}
+	}
+	for _, repo := range bkBaseRepos {
 		e.retag(t, repo+":2", repo+":stable")
 	}
 	jobs = nil
@@ -266,6 +294,9 @@ func TestBuildKit(t *testing.T) {
 	for _, c := range bkCases {
 		t.Run(c.name, func(t *testing.T) {
 			for _, mode := range []string{"explicit", "auto"} {
+				if c.modes != nil && !slices.Contains(c.modes, mode) {
+					continue
+				}
 				t.Run(mode, func(t *testing.T) {
 					t.Parallel()
 					e.check(t, c, mode)
@@ -526,7 +557,8 @@ func (e *bkEnv) uncompressedCopy(src, dest string) error {
 	return remote.Put(dref, rawManifest{raw, types.OCIManifestSchema1}, e.remote...)
 }
 
-// retag points tag at the manifest (or index) from names, byte for byte.
+// retag points tag at the manifest (or index) from names, byte for byte,
+// in the same repository or another.
 func (e *bkEnv) retag(t *testing.T, from, tag string) {
 	t.Helper()
 	src, err := name.ParseReference(e.r.Host + "/" + from)
@@ -541,7 +573,21 @@ func (e *bkEnv) retag(t *testing.T, from, tag string) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := remote.Tag(dst, desc, e.remote...); err != nil {
+	if dst.Context() == src.Context() {
+		err = remote.Tag(dst, desc, e.remote...)
+	} else if desc.MediaType.IsIndex() {
+		// Another repository: its blobs and child manifests first.
+		var idx v1.ImageIndex
+		if idx, err = desc.ImageIndex(); err == nil {
+			err = remote.WriteIndex(dst, idx, e.remote...)
+		}
+	} else {
+		var img v1.Image
+		if img, err = desc.Image(); err == nil {
+			err = remote.Write(dst, img, e.remote...)
+		}
+	}
+	if err != nil {
 		t.Fatalf("tagging %s as %s: %v", from, tag, err)
 	}
 }
@@ -639,6 +685,58 @@ func (r *registryServer) attestations(t *testing.T, repoTag string) int {
 	return n
 }
 
+// staleAttestations lists the vnd.docker.reference.digest values of an
+// index's attestation manifests that name no manifest of the index.
+func (r *registryServer) staleAttestations(t *testing.T, repoTag string) []string {
+	t.Helper()
+	var idx struct {
+		Manifests []struct {
+			Digest      string            `json:"digest"`
+			Annotations map[string]string `json:"annotations"`
+		} `json:"manifests"`
+	}
+	json.Unmarshal([]byte(r.inspect(t, repoTag)), &idx)
+	present := map[string]bool{}
+	for _, m := range idx.Manifests {
+		present[m.Digest] = true
+	}
+	var stale []string
+	for _, m := range idx.Manifests {
+		if ref := m.Annotations["vnd.docker.reference.digest"]; m.Annotations["vnd.docker.reference.type"] == "attestation-manifest" && !present[ref] {
+			stale = append(stale, ref)
+		}
+	}
+	return stale
+}
+
+// historyShape renders a config's history on one line: created_by,
+// comment and the empty_layer flag of each entry, for the log.
+func historyShape(t *testing.T, raw string) string {
+	t.Helper()
+	var c struct {
+		History []struct {
+			CreatedBy  string `json:"created_by"`
+			Comment    string `json:"comment"`
+			EmptyLayer bool   `json:"empty_layer"`
+		} `json:"history"`
+	}
+	if err := json.Unmarshal([]byte(raw), &c); err != nil {
+		t.Fatal(err)
+	}
+	var parts []string
+	for _, h := range c.History {
+		p := fmt.Sprintf("%q", h.CreatedBy)
+		if h.Comment != "" {
+			p += " #" + h.Comment
+		}
+		if h.EmptyLayer {
+			p += " (empty)"
+		}
+		parts = append(parts, p)
+	}
+	return fmt.Sprintf("%d entries: %s", len(parts), strings.Join(parts, ", "))
+}
+
 // bkConfig is normalConfig without BuildKit's inline cache record (the
 // rebuild has its own; the rebased image is checked to have none).
 func bkConfig(t *testing.T, raw string) any {
@@ -728,10 +826,14 @@ func (e *bkEnv) check(t *testing.T, c bkCase, mode string) {
 	default:
 		args = []string{r.Host, image, "-t", "auto-rebased"}
 	}
+	if c.keepAttestations {
+		args = append(args, "--keep-attestations")
+	}
 	args = append(args, "-o", "json")
 
 	// The harness itself: v1 sits on v1, the rebuild on v2.
 	for _, a := range c.arches() {
+		t.Logf("%s history (%s): %s", image, a, historyShape(t, r.configArch(t, image, a)))
 		for img, base := range map[string]string{image: c.buildRepo() + ":1", rebuilt: c.buildRepo() + ":2"} {
 			want := diffIDs(t, r.configArch(t, base, a))
 			if got := diffIDs(t, r.configArch(t, img, a)); len(got) < len(want) || !slices.Equal(got[:len(want)], want) {
@@ -741,7 +843,7 @@ func (e *bkEnv) check(t *testing.T, c bkCase, mode string) {
 	}
 
 	want := slices.Clone(c.warn)
-	if !c.archive && r.attestations(t, image) > 0 {
+	if !c.archive && !c.keepAttestations && r.attestations(t, image) > 0 {
 		want = append(want, "attestation-dropped")
 	}
 	slices.Sort(want)
@@ -813,6 +915,14 @@ func (e *bkEnv) check(t *testing.T, c bkCase, mode string) {
 			t.Logf("%s differs from the rebuild, as expected:\n%s", a.name, diff(got, want))
 		case !same:
 			fail(false, "%s differs from the rebuild: %s", a.name, compactDiff(diff(got, want)))
+		}
+	}
+	if c.keepAttestations {
+		if n := r.attestations(t, rebased); n == 0 {
+			fail(false, "--keep-attestations: the result has no attestation manifest")
+		}
+		for _, ref := range r.staleAttestations(t, rebased) {
+			fail(false, "--keep-attestations: a kept attestation describes %s, which is not in the result", ref)
 		}
 	}
 	for _, a := range c.arches() {
