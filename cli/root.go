@@ -60,6 +60,7 @@ type rebaseFlags struct {
 	keepOtherPlatforms bool
 	keepAttestations   bool
 	checkSignatures    bool
+	keepLabel          bool
 }
 
 // NewCommand returns the root command: a single rebase, with the demo
@@ -140,6 +141,7 @@ func addRebaseFlags(cmd *cobra.Command, f *rebaseFlags) {
 	fl.StringArrayVar(&f.platforms, "platform", nil, "rebase only this platform of an index (os/arch[/variant]; repeatable)")
 	fl.BoolVar(&f.keepOtherPlatforms, "keep-other-platforms", false, "keep the platforms --platform leaves out unchanged in the new index")
 	fl.BoolVar(&f.keepAttestations, "keep-attestations", false, "keep an index's attestation manifests (they describe the old images)")
+	fl.BoolVar(&f.keepLabel, "keep-label", false, "keep the label that names the base (FROM) when the rebase moves the image off that base; by default it is set to --to-base")
 }
 
 // addConnectionFlags adds the flags every registry-facing command shares.
@@ -297,6 +299,7 @@ func buildRequest(refs *locate.Resolver, image string, f *rebaseFlags) (engine.R
 	}
 	req.DryRun, req.Force, req.AllowCopy, req.Strict = f.dryRun || f.check, f.force, f.allowCopy, f.strict
 	req.KeepOtherPlatforms, req.KeepAttestations = f.keepOtherPlatforms, f.keepAttestations
+	req.ToName, req.KeepLabel = f.toBase, f.keepLabel
 	req.CheckSignatures = f.checkSignatures || f.verbose
 	if f.backupTag != "" {
 		if req.Image.Tag == "" {

@@ -289,12 +289,28 @@ func TestMerge(t *testing.T) {
 				if !slices.Contains(r.Config.Env, "GREETING=from 1") || !slices.Contains(r.Config.Env, "PATH=/app/bin:/opt/new/bin:/usr/bin:/bin") {
 					t.Errorf("env = %q", r.Config.Env)
 				}
-				if !slices.Equal(r.Config.Cmd, []string{"/bin/sh"}) || r.Config.WorkingDir != "/srv/app" || !sameSet(r.Config.ExposedPorts, ports("80/tcp", "8443/tcp", "9000/tcp")) {
+				// WORKDIR /srv/app lies under the old base's /srv: taken
+				// as relative, it follows the new base's /srv2.
+				if !slices.Equal(r.Config.Cmd, []string{"/bin/sh"}) || r.Config.WorkingDir != "/srv2/app" || !sameSet(r.Config.ExposedPorts, ports("80/tcp", "8443/tcp", "9000/tcp")) {
 					t.Errorf("config = %+v", r.Config)
+				}
+				// The history records what a rebuild would: the new values.
+				want := []HistoryEdit{
+					{Entry: 0, CreatedBy: "ENV GREETING=from 1 PATH=/app/bin:/opt/new/bin:/usr/bin:/bin"},
+					{Entry: 1, CreatedBy: "WORKDIR /srv2/app"},
+				}
+				if len(r.History) != len(want) {
+					t.Fatalf("history edits %+v, want %+v", r.History, want)
+				}
+				for i, e := range r.History {
+					if e.Entry != want[i].Entry || e.CreatedBy != want[i].CreatedBy {
+						t.Errorf("history edit %d = %+v, want %+v", i, e, want[i])
+					}
 				}
 			},
 			changes: []string{"Env PATH: app prefix kept, base part /usr/local/bin:/usr/bin:/bin → /opt/new/bin:/usr/bin:/bin"},
-			warn:    []string{CodeOldValueEmbedded, CodeWorkdirMoved},
+			// The WORKDIR itself, and the RUN that ran there.
+			warn: []string{CodeOldValueEmbedded, CodeWorkdirMoved, CodeWorkdirMoved},
 		},
 		{
 			name: "onbuild triggers of the new base are not inherited, and their change is a hazard; author follows the base",

@@ -10,9 +10,11 @@ import (
 
 // threeWay merges without history: a value equal to the old base's was
 // inherited and follows the new base; any other is the application's own.
-func threeWay(old, app, nw *v1.ConfigFile) *outcome {
+// baseLabel is the label that names the base, whose value is not checked
+// for embedded old base values.
+func threeWay(old, app, nw *v1.ConfigFile, baseLabel string) *outcome {
 	o, a, n := old.Config, app.Config, nw.Config
-	out := &outcome{cfg: *deepCopy(a), setBy: map[string]string{}}
+	out := &outcome{cfg: *deepCopy(a), setBy: map[string]string{}, baseLabel: baseLabel}
 	out.cfg.Env = out.env(o.Env, a.Env, n.Env)
 	out.cfg.Labels = out.labels(o.Labels, a.Labels, n.Labels, envMap(o.Env), envMap(n.Env))
 	out.cfg.Entrypoint, out.cfg.Cmd = out.command(o, a, n)
@@ -152,7 +154,7 @@ func (m *outcome) labels(o, a, n map[string]string, oEnv, nEnv map[string]string
 		default:
 			m.setBy["Labels:"+k] = ""
 			out[k] = av
-			if j, jv, ok := embedsChanged(av, "", oEnv, nEnv); ok {
+			if j, jv, ok := embedsChanged(av, "", oEnv, nEnv); ok && k != m.baseLabel {
 				m.warn("Labels:"+k, CodeOldValueEmbedded, "the image's label %s=%s contains %q, the old base's value of %s (new base: %q); it is kept as is", k, av, jv, j, nEnv[j])
 			}
 		}

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"strings"
 	"sync"
+	"time"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 
@@ -143,12 +144,19 @@ func rebaseDetectedIn(ctx context.Context, req Request, target WritableRepo, img
 		cancel()
 		return nil, err
 	}
-	plan, err := rebase.New(rebase.Input{Image: img.image, Old: dec.Old, New: nb})
+	if w := backwards(choice, old, nw); w != nil {
+		dec.Warnings = append(dec.Warnings, *w)
+	}
+	label, relabel, warning := detectedLabel(req, choice, img.image)
+	plan, err := rebase.New(rebase.Input{Image: img.image, Old: dec.Old, New: nb, BaseLabel: label, Relabel: relabel})
 	if err != nil {
 		cancel()
 		return nil, err
 	}
 	plan.Warnings = append(append([]rebase.Warning{}, dec.Warnings...), plan.Warnings...)
+	if warning != nil && !plan.UpToDate {
+		plan.Warnings = append(plan.Warnings, *warning)
+	}
 	req.To = newLoc
 	res, err := apply(ctx, req, plan, session, r)
 	if err != nil || res.Action != Rebased {
@@ -192,10 +200,10 @@ func searchOldBase(ctx context.Context, choice *basedetect.Choice, img *manifest
 		more = fmt.Sprintf(" (the last %d of its tags, in sorted order)", m.searched)
 	}
 	if m.img == nil {
-		if m.searched == 0 {
+		if !m.listed {
 			return nil, "", nil
 		}
-		return nil, fmt.Sprintf("no tag of %s holds the old base: %d tags read%s", loc.Repo.Name(), m.searched, more), nil
+		return nil, fmt.Sprintf("no tag of %s holds the old base (%d other tags read%s)", loc.Repo.Name(), m.searched, more), nil
 	}
 	return m.img, fmt.Sprintf("the old base was found among the tags of %s: %s (%s), whose layers are the image's bottom %d%s",
 		loc.Repo.Name(), strings.Join(m.tags, ", "), m.img.Descriptor.Digest, len(m.img.Manifest.Layers), more), nil
@@ -327,12 +335,19 @@ func rebaseDetectedIndex(ctx context.Context, req Request, target WritableRepo, 
 		if err != nil {
 			return fmt.Errorf("platform %s: %w", w.name, err)
 		}
+		if bw := backwards(choice, old, nw); bw != nil {
+			dec.Warnings = append(dec.Warnings, *bw)
+		}
 		nb, err := rebase.BaseFromImage(nw)
 		if err != nil {
 			return err
 		}
-		if w.plan, err = rebase.New(rebase.Input{Image: app, Old: dec.Old, New: nb}); err != nil {
+		label, relabel, warning := detectedLabel(req, choice, app)
+		if w.plan, err = rebase.New(rebase.Input{Image: app, Old: dec.Old, New: nb, BaseLabel: label, Relabel: relabel}); err != nil {
 			return fmt.Errorf("platform %s: %w", w.name, err)
+		}
+		if warning != nil && !w.plan.UpToDate {
+			w.plan.Warnings = append(w.plan.Warnings, *warning)
 		}
 		w.detection = dec
 		return nil
@@ -349,4 +364,39 @@ func orNone(s string) string {
 		return "no base"
 	}
 	return s
+}
+
+// detectedLabel is baseLabel in automatic mode: the label that decided
+// names the old base only when the user named the new one (--to-base);
+// otherwise it names the tag the image is rebased onto, and stays.
+func detectedLabel(req Request, choice *basedetect.Choice, img *manifest.Image) (label, relabel string, warning *rebase.Warning) {
+	if choice.Label == nil {
+		return "", "", nil
+	}
+	if choice.Method != basedetect.ByLabel || choice.NewRef != "" {
+		return choice.Label.Name, "", nil
+	}
+	named, err := req.Detect.resolve(choice.Label.Value, true)
+	if err != nil {
+		return choice.Label.Name, "", nil
+	}
+	return baseLabel(req, img, named)
+}
+
+// backwards warns when the base the image names (a label's or
+// annotation's tag) now holds an image older than the base the image is on
+// (old, found by digest or among the tags): the rebase would move it back,
+// as after an explicit rebase that kept the label (--keep-label) or a base
+// tag moved back on purpose.
+func backwards(choice *basedetect.Choice, old, nw *manifest.Image) *rebase.Warning {
+	if old == nil || nw == nil || old.Config == nil || nw.Config == nil || choice.NewRef == "" {
+		return nil
+	}
+	oc, nc := old.Config.Created.Time, nw.Config.Created.Time
+	if oc.IsZero() || nc.IsZero() || !nc.Before(oc) {
+		return nil
+	}
+	return &rebase.Warning{Code: "base-older", Message: fmt.Sprintf(
+		"%s names %s, whose image %s (created %s) is older than the base the image is on, %s (created %s): the rebase moves it back onto the older base; if the image was moved off it on purpose (an explicit rebase with --keep-label), set the label or pass --from-base/--to-base",
+		clue(choice), choice.NewRef, nw.Descriptor.Digest, nc.UTC().Format(time.RFC3339), old.Ref, oc.UTC().Format(time.RFC3339))}
 }

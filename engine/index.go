@@ -65,7 +65,7 @@ func rebaseIndexIn(ctx context.Context, req Request, target WritableRepo, img, f
 			return err
 		}
 		var err error
-		if w.plan, err = Plan(app, old, nw); err != nil {
+		if w.plan, err = explicitPlan(req, app, old, nw); err != nil {
 			return fmt.Errorf("platform %s: %w", w.name, err)
 		}
 		return nil

@@ -35,8 +35,10 @@ type tagMatch struct {
 	img *manifest.Image
 	// tags are the tags that name it.
 	tags []string
-	// searched is the number of tags read; truncated is true when the
-	// repository had more than maxTagsSearched.
+	// listed is false when the repository cannot list its tags; searched
+	// is the number of tags read; truncated is true when the repository
+	// had more than maxTagsSearched.
+	listed    bool
 	searched  int
 	truncated bool
 }
@@ -58,7 +60,7 @@ func oldBaseByTags(ctx context.Context, repo Repo, skip string, img *manifest.Im
 	}
 	tags = slices.DeleteFunc(tags, func(t string) bool { return t == skip })
 	slices.Sort(tags)
-	m := &tagMatch{searched: len(tags)}
+	m := &tagMatch{listed: true, searched: len(tags)}
 	if len(tags) > maxTagsSearched {
 		// The newest tags sort last more often than not (1.2, 1.3...); a
 		// base the image was built on is usually among the recent ones.

@@ -7,6 +7,8 @@ import (
 	"io"
 	"maps"
 	"reflect"
+	"slices"
+	"strings"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 
@@ -38,6 +40,14 @@ type Input struct {
 	Old *Base
 	// New is the base to put under the application's layers.
 	New *Base
+	// BaseLabel is the label that names the base (LABEL FROM=base:1), if
+	// the image has it: its value is a reference, never an embedded base
+	// value.
+	BaseLabel string
+	// Relabel, when set, gives BaseLabel a new value: the new base's
+	// reference, as a rebuild from a Dockerfile naming the new base would
+	// record it. The history entry that set the label is rewritten too.
+	Relabel string
 }
 
 // BaseRef identifies a base in a plan.
@@ -120,7 +130,7 @@ func New(in Input) (*Plan, error) {
 		Warnings:        []Warning{},
 	}
 
-	config, err := p.config(img, old, nw)
+	config, err := p.config(in, old)
 	if err != nil {
 		return nil, err
 	}
@@ -165,7 +175,8 @@ func checkPlatform(img *manifest.Image, nw *Base) error {
 
 // config builds the new config blob by editing the image's raw config, so
 // that fields this tool does not know survive unchanged.
-func (p *Plan) config(img *manifest.Image, old, nw *Base) ([]byte, error) {
+func (p *Plan) config(in Input, old *Base) ([]byte, error) {
+	img, nw := in.Image, in.New
 	var top map[string]json.RawMessage
 	if err := json.Unmarshal(img.RawConfig, &top); err != nil {
 		return nil, fmt.Errorf("%s: decoding config: %w", img.Ref, err)
@@ -208,9 +219,41 @@ func (p *Plan) config(img *manifest.Image, old, nw *Base) ([]byte, error) {
 	if oldCfg == nil {
 		oldCfg = img.Config
 	}
-	merged, err := configmerge.Merge(configmerge.Input{Old: oldCfg, App: img.Config, New: nw.Config, History: own})
+	merged, err := configmerge.Merge(configmerge.Input{Old: oldCfg, App: img.Config, New: nw.Config, History: own, BaseLabel: in.BaseLabel})
 	if err != nil {
 		return nil, err
+	}
+	// History entries a rebuild would record differently, then the label
+	// that names the base.
+	ownStart := len(nw.RawHistory)
+	if hist, ok := top["history"]; ok && own != nil {
+		var entries []json.RawMessage
+		if err := json.Unmarshal(hist, &entries); err != nil {
+			return nil, fmt.Errorf("%s: %w", img.Ref, err)
+		}
+		for _, e := range merged.History {
+			if i := ownStart + e.Entry; i < len(entries) {
+				if entries[i], err = setCreatedBy(entries[i], e.CreatedBy); err != nil {
+					return nil, fmt.Errorf("%s: history entry %d: %w", img.Ref, i+1, err)
+				}
+				p.Changes = append(p.Changes, configmerge.Change{Field: "History", Key: fmt.Sprint(i + 1), Decision: configmerge.DecisionRewritten, From: own[e.Entry].CreatedBy, To: e.CreatedBy})
+			}
+		}
+		if in.Relabel != "" {
+			p.relabelHistory(entries[ownStart:], own, ownStart, in.BaseLabel, img.Config.Config.Labels[in.BaseLabel], in.Relabel)
+		}
+		if err := setJSON(top, "history", entries); err != nil {
+			return nil, err
+		}
+	}
+	if in.Relabel != "" && merged.Config.Labels[in.BaseLabel] != in.Relabel {
+		was := merged.Config.Labels[in.BaseLabel]
+		merged.Config.Labels = maps.Clone(merged.Config.Labels)
+		if merged.Config.Labels == nil {
+			merged.Config.Labels = map[string]string{}
+		}
+		merged.Config.Labels[in.BaseLabel] = in.Relabel
+		p.Changes = append(p.Changes, configmerge.Change{Field: "Labels", Key: in.BaseLabel, Decision: configmerge.DecisionNamesNewBase, From: was, To: in.Relabel})
 	}
 	p.Changes = append(p.Changes, merged.Changes...)
 	p.KeptValues = append(p.KeptValues, merged.Kept...)
@@ -422,4 +465,53 @@ func digestSuffix(h v1.Hash) string {
 		return " (taken from the image)"
 	}
 	return " (" + h.String() + ")"
+}
+
+// setCreatedBy returns the raw history entry with created_by set to text;
+// the entry's other bytes are kept when its created_by is found as encoded.
+func setCreatedBy(entry json.RawMessage, text string) (json.RawMessage, error) {
+	var h struct {
+		CreatedBy string `json:"created_by"`
+	}
+	if err := json.Unmarshal(entry, &h); err != nil {
+		return nil, err
+	}
+	oldEnc, _ := json.Marshal(h.CreatedBy)
+	newEnc, _ := json.Marshal(text)
+	key := []byte(`"created_by":`)
+	if i := bytes.Index(entry, key); i >= 0 {
+		rest := bytes.TrimLeft(entry[i+len(key):], " ")
+		if bytes.HasPrefix(rest, oldEnc) {
+			at := len(entry) - len(rest)
+			return slices.Concat(entry[:at], newEnc, entry[at+len(oldEnc):]), nil
+		}
+	}
+	var m map[string]json.RawMessage
+	if err := json.Unmarshal(entry, &m); err != nil {
+		return nil, err
+	}
+	m["created_by"] = newEnc
+	return json.Marshal(m)
+}
+
+// relabelHistory rewrites the last of the application's history entries
+// (raw, and as parsed in own) that set label name to old, so that it sets
+// it to value.
+func (p *Plan) relabelHistory(raw []json.RawMessage, own []v1.History, offset int, name, old, value string) {
+	for i := len(own) - 1; i >= 0 && i < len(raw); i-- {
+		text := own[i].CreatedBy
+		if !strings.Contains(text, "LABEL") {
+			continue
+		}
+		for _, form := range []string{name + "=" + old, name + `="` + old + `"`, name + "='" + old + "'"} {
+			if j := strings.Index(text, form); j >= 0 {
+				next := text[:j] + name + "=" + value + text[j+len(form):]
+				if e, err := setCreatedBy(raw[i], next); err == nil {
+					raw[i] = e
+					p.Changes = append(p.Changes, configmerge.Change{Field: "History", Key: fmt.Sprint(offset + i + 1), Decision: configmerge.DecisionRewritten, From: text, To: next})
+				}
+				return
+			}
+		}
+	}
 }
