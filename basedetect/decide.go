@@ -90,13 +90,23 @@ func (c *Choice) Decide(in Input) (*Decision, error) {
 			d.Reasons = append(d.Reasons, "the annotations give no old base digest")
 		}
 	}
+	// A label no history entry records leaves the boundary to history
+	// matching; if that fails, say what the label lacks.
+	unrecorded := func(err error) error {
+		if c.Method != ByLabel || c.Label.Entry >= 0 {
+			return err
+		}
+		looked := orText(in.OldFound, "no other tag of its repository could be read")
+		return refuse("%s: label %s=%s names its base, but no history entry records it (the image was not built from a Dockerfile, or its history was omitted), and %s, so where the base ends in its layers is unknown; pass --from-base OLD (the base it was built on) or --layers N --to-base NEW",
+			img.Ref, c.Label.Name, c.Label.Value, looked)
+	}
 	if err := checkHistory(img); err != nil {
-		return nil, err
+		return nil, unrecorded(err)
 	}
 	if entries < 0 {
 		n, how, err := matchHistory(img, in.New)
 		if err != nil {
-			return nil, err
+			return nil, unrecorded(err)
 		}
 		entries = n
 		d.Reasons = append(d.Reasons, how)

@@ -306,3 +306,61 @@ func TestExplicitRebaseMovesTheLabel(t *testing.T) {
 		})
 	}
 }
+
+// Images not built from a Dockerfile (crane, umoci, buildah --omit-history)
+// may carry the label without any history entry: the boundary comes from
+// the layers of a base tag, and the error says what the label lacks.
+func TestLabelWithoutHistory(t *testing.T) {
+	b1, b2 := baseVersion(t, "1"), baseVersion(t, "2")
+	// A tool appends a layer and sets the label and an entrypoint: no
+	// history at all.
+	noHistory := func(base v1.Image) v1.Image {
+		img := build(t, base, ti.Copy("", map[string]string{"app": "app"}), ti.ConfigStep("", func(c *v1.Config) {
+			if c.Labels == nil {
+				c.Labels = map[string]string{}
+			}
+			c.Labels["FROM"] = "base:stable"
+			c.Entrypoint = []string{"/app"}
+		}))
+		cf := configOf(t, img).DeepCopy()
+		cf.History = nil
+		img, err := mutate.ConfigFile(img, cf)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return img
+	}
+	a := noHistory(b1)
+
+	t.Run("a tag holds the old base", func(t *testing.T) {
+		reg := startRegistry(t)
+		h := "http://" + reg.Host
+		reg.Push(t, "base:1", b1)
+		reg.Push(t, "base:stable", b2)
+		reg.Push(t, "app:1", a)
+		res := runJSON(t, h, "app:1")
+		if res.Action != "rebased" || res.Detect.BaseLayers != 1 {
+			t.Fatalf("result %+v", res)
+		}
+		checkLayers(t, reg, "app:1", b2, a, 1)
+		cf := configOf(t, reg.Image(t, "app:1"))
+		if envOf(cf, "V") != "2" || cf.Config.Labels["FROM"] != "base:stable" || len(cf.Config.Entrypoint) != 1 {
+			t.Errorf("config %+v", cf.Config)
+		}
+	})
+	t.Run("none does", func(t *testing.T) {
+		reg := startRegistry(t)
+		h := "http://" + reg.Host
+		reg.Push(t, "base:stable", b2)
+		reg.Push(t, "app:1", a)
+		before := reg.Snapshot(t)
+		code, out, stderr := run(t, h, "app:1")
+		if code != 4 || out != "" || strings.Count(stderr, "\n") != 1 || !strings.Contains(stderr, "label FROM=base:stable names its base, but no history entry records it") ||
+			!strings.Contains(stderr, "no tag of "+reg.Ref("base")+" holds the old base") {
+			t.Fatalf("exit %d\n%s%s", code, out, stderr)
+		}
+		if now := reg.Snapshot(t); fmt.Sprint(now) != fmt.Sprint(before) {
+			t.Fatal("written")
+		}
+	})
+}

@@ -125,13 +125,14 @@ func Merge(in Input) (*Result, error) {
 	if in.Old == nil || in.App == nil || in.New == nil {
 		return nil, fmt.Errorf("configmerge: old, app and new configs are all required")
 	}
-	merged := threeWay(in.Old, in.App, in.New, in.BaseLabel)
-	out := merged
 	style := StyleUnknown
 	var instrs []instruction
 	if in.History != nil {
 		instrs, style = parseHistory(in.History)
 	}
+	entrypointSet := slices.ContainsFunc(instrs, func(in instruction) bool { return in.cmd == "ENTRYPOINT" })
+	merged := threeWay(in.Old, in.App, in.New, in.BaseLabel, entrypointSet)
+	out := merged
 	var edits []HistoryEdit
 	if style != StyleUnknown {
 		rp := replay(instrs, in.Old, in.New, in.BaseLabel)

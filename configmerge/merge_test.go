@@ -155,6 +155,34 @@ func TestMerge(t *testing.T) {
 			warn:  []string{CodeOldValueEmbedded, CodeWorkdirMoved},
 		},
 		{
+			name: "three-way without history: an entrypoint set by a tool (crane, umoci) leaves the inherited CMD to follow the base",
+			old:  baseV1, nw: baseV2,
+			app: appOn(baseV1, func(c *v1.Config) {
+				c.Entrypoint = []string{"/app"}
+			}),
+			hist:  []v1.History{{CreatedBy: "umoci config"}},
+			style: StyleUnknown,
+			want: func(t *testing.T, r *Result) {
+				if !slices.Equal(r.Config.Cmd, []string{"/bin/bash"}) || !slices.Equal(r.Config.Entrypoint, []string{"/app"}) {
+					t.Errorf("cmd %q entrypoint %q, want the new base's CMD and the image's entrypoint", r.Config.Cmd, r.Config.Entrypoint)
+				}
+			},
+		},
+		{
+			name: "three-way with an ENTRYPOINT in the history: the inherited CMD was reset, the image's stays",
+			old:  baseV1, nw: baseV2,
+			app: appOn(baseV1, func(c *v1.Config) {
+				c.Entrypoint = []string{"/app"}
+			}),
+			hist:  []v1.History{{CreatedBy: "umoci config"}, nop(`ENTRYPOINT ["/app"]`), nop(`CMD ["/bin/sh"]`)},
+			style: StyleUnknown,
+			want: func(t *testing.T, r *Result) {
+				if !slices.Equal(r.Config.Cmd, []string{"/bin/sh"}) {
+					t.Errorf("cmd %q, want the image's", r.Config.Cmd)
+				}
+			},
+		},
+		{
 			name: "as-written history: instructions replayed on the new base",
 			old:  baseV1, nw: baseV2,
 			app: appOn(baseV1, func(c *v1.Config) {
@@ -530,7 +558,9 @@ func TestEmbeddedValueNamesTheLongestOldValue(t *testing.T) {
 	for _, tc := range []struct {
 		s, sub string
 		want   bool
-	}{{"from 1", "1", true}, {"1.5", "1", false}, {"/opt/java/17/bin", "/opt/java/17", true}, {"v10", "1", false}, {"a 1", "1", true}} {
+	}{{"from 1", "1", true}, {"1.5", "1", false}, {"/opt/java/17/bin", "/opt/java/17", true}, {"v10", "1", false}, {"a 1", "1", true},
+		// ${BASEVER}-x as BuildKit records it.
+		{"1-x", "1", true}, {"x-1", "1", true}, {"v1", "1", false}, {"1_x", "1", false}} {
 		if got := containsWord(tc.s, tc.sub); got != tc.want {
 			t.Errorf("containsWord(%q, %q) = %v", tc.s, tc.sub, got)
 		}

@@ -54,7 +54,7 @@ func oldBaseByTags(ctx context.Context, repo Repo, skip string, img *manifest.Im
 	if !ok {
 		return &tagMatch{}, nil
 	}
-	tags, err := lister.Tags(ctx)
+	tags, err := r.listTags(ctx, lister, repo.Name())
 	if err != nil {
 		return nil, fmt.Errorf("listing the tags of %s: %w", repo.Name(), err)
 	}
