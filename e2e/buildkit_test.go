@@ -214,6 +214,16 @@ func TestBuildKit(t *testing.T) {
 		}
 		t.Skipf("no /bin/busybox (apt-get install busybox-static): %v", err)
 	}
+	// E2E_BUILDKIT_CASES=a,b limits the corpus to those cases (bases are
+	// always built), to iterate on a few.
+	cases := bkCases
+	if only := os.Getenv("E2E_BUILDKIT_CASES"); only != "" {
+		names := strings.Split(only, ",")
+		cases = slices.DeleteFunc(slices.Clone(bkCases), func(c bkCase) bool { return !slices.Contains(names, c.name) })
+		if len(cases) == 0 {
+			t.Fatalf("E2E_BUILDKIT_CASES=%s names no case", only)
+		}
+	}
 	start := time.Now()
 	r := startRegistry(t)
 	e := &bkEnv{r: r, bk: startBuildkit(t, r), remote: r.remoteOptions(t), archives: map[string]string{}, results: map[string]map[string]string{}}
@@ -223,19 +233,19 @@ func TestBuildKit(t *testing.T) {
 
 	// Bases: base (index with attestation) and mbase (two platforms),
 	// both versions, then the re-compressed copies of base.
-	var jobs []func() error
+	// Version by version: v2 is created after v1, as a patched base is
+	// (automatic mode compares creation times).
 	for _, v := range []string{"1", "2"} {
 		ctx := e.context(t, filepath.Join(fidelityDir, "base-"+v), map[string]string{"busybox": string(busybox)})
-		jobs = append(jobs,
+		runJobs(t, 2, []func() error{
 			func() error {
 				return e.bk.build(ctx, "base:"+v, []string{"attest:provenance=mode=min"}, nil, nil)
 			},
 			func() error {
 				return e.bk.build(ctx, "mbase:"+v, []string{"attest:provenance=mode=min", "platform=linux/amd64,linux/arm64"}, nil, nil)
-			})
+			}})
 	}
-	runJobs(t, 4, jobs)
-	jobs = nil
+	var jobs []func() error
 	for _, v := range []string{"1", "2"} {
 		jobs = append(jobs,
 			func() error {
@@ -259,7 +269,7 @@ func TestBuildKit(t *testing.T) {
 
 	// Applications on v1 (explicit and auto), and the explicit rebuilds.
 	jobs = nil
-	for _, c := range bkCases {
+	for _, c := range cases {
 		jobs = append(jobs,
 			e.appJob(t, c, "1", "1", "v1"),
 			e.appJob(t, c, "2", "2", "rebuild"),
@@ -267,7 +277,7 @@ func TestBuildKit(t *testing.T) {
 	}
 	runJobs(t, 3, jobs)
 	// The base tags move to v2; the auto rebuilds follow them.
-	for _, c := range bkCases {
+	for _, c := range cases {
 		if c.deleteOld {
 			r.deleteTagged(t, c.baseRepo()+":1")
 		}
@@ -276,11 +286,11 @@ func TestBuildKit(t *testing.T) {
 		e.retag(t, repo+":2", repo+":stable")
 	}
 	jobs = nil
-	for _, c := range bkCases {
+	for _, c := range cases {
 		jobs = append(jobs, e.appJob(t, c, "stable", "stable", "auto-rebuild"))
 	}
 	runJobs(t, 3, jobs)
-	for _, c := range bkCases {
+	for _, c := range cases {
 		if c.archive {
 			for _, tag := range []string{"v1", "auto-v1"} {
 				file := filepath.Join(t.TempDir(), "app.tar")
@@ -291,7 +301,7 @@ func TestBuildKit(t *testing.T) {
 	}
 	t.Logf("corpus built and pushed in %s", time.Since(start).Round(time.Second))
 
-	for _, c := range bkCases {
+	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
 			for _, mode := range []string{"explicit", "auto"} {
 				if c.modes != nil && !slices.Contains(c.modes, mode) {
@@ -410,11 +420,15 @@ func (e *bkEnv) appJob(t *testing.T, c bkCase, baseTag, labelTag, dest string) f
 }
 
 // buildahOmitHistory builds with buildah bud --omit-history (no history in
-// the config, the base's included) and pushes the result.
+// the config, the base's included) and pushes the result. Each build has
+// its own storage: in a shared one, base:1 and base:stable (the same
+// image then) would be one image with two names, and buildah's
+// org.opencontainers.image.base.name annotation would name either.
 func (e *bkEnv) buildahOmitHistory(ctx, repoTag string) error {
 	r := e.r
 	local := "localhost/bk-" + strings.NewReplacer(":", "-").Replace(repoTag)
-	common := []string{"--storage-driver", "vfs", "--root", buildahRoot, "--runroot", buildahRoot + "-run"}
+	root := ctx + "-storage" // beside the context, removed with it
+	common := []string{"--storage-driver", "vfs", "--root", root, "--runroot", root + "-run"}
 	if _, err := runErr("buildah", append(common, "bud", "--isolation", "chroot", "--pull=always", "--omit-history", "--format", "oci",
 		"--cert-dir", r.CertDir, "--creds", r.creds(), "-t", local, ctx)...); err != nil {
 		return err
@@ -858,6 +872,12 @@ func (e *bkEnv) check(t *testing.T, c bkCase, mode string) {
 	}
 	code, out, stderr := rebase(t, r.env(), args...)
 	if code != 0 {
+		// Once more with -v, for the requests that led to the failure.
+		_, _, verbose := rebase(t, r.env(), append(slices.Clone(args), "-v")...)
+		if len(verbose) > 6000 {
+			verbose = verbose[len(verbose)-6000:]
+		}
+		t.Logf("the same with -v:\n%s", verbose)
 		fail(true, "exit %d: %s", code, oneLine(stderr))
 	}
 	var res bkResult
