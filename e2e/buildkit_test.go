@@ -180,6 +180,24 @@ type bkEnv struct {
 
 	mu      sync.Mutex
 	results map[string]map[string]string // case → mode → summary
+	configs map[string]string            // repoTag + " " + arch → raw config
+}
+
+// config is r.configArch, read once per image: an image is read only
+// once it is final (a rebase result after the rebase).
+func (e *bkEnv) config(t *testing.T, repoTag, arch string) string {
+	t.Helper()
+	key := repoTag + " " + arch
+	e.mu.Lock()
+	raw, ok := e.configs[key]
+	e.mu.Unlock()
+	if !ok {
+		raw = e.r.configArch(t, repoTag, arch)
+		e.mu.Lock()
+		e.configs[key] = raw
+		e.mu.Unlock()
+	}
+	return raw
 }
 
 func (c bkCase) baseRepo() string {
@@ -234,7 +252,7 @@ func TestBuildKit(t *testing.T) {
 	}
 	start := time.Now()
 	r := startRegistry(t)
-	e := &bkEnv{r: r, bk: startBuildkit(t, r), remote: r.remoteOptions(t), archives: map[string]string{}, results: map[string]map[string]string{}}
+	e := &bkEnv{r: r, bk: startBuildkit(t, r), remote: r.remoteOptions(t), archives: map[string]string{}, results: map[string]map[string]string{}, configs: map[string]string{}}
 	if path := os.Getenv("E2E_BUILDKIT_REPORT"); path != "" {
 		t.Cleanup(func() { e.writeReport(t, path, time.Since(start)) })
 	}
@@ -382,7 +400,8 @@ func (e *bkEnv) context(t *testing.T, src string, extra map[string]string) strin
 
 // dockerfile names from in every FROM of the corpus's base and adds
 // LABEL FROM=label after the last one.
-func dockerfile(src, from, label string) string {
+func dockerfile(t *testing.T, src, from, label string) string {
+	t.Helper()
 	lines := strings.Split(src, "\n")
 	last := -1
 	for i, l := range lines {
@@ -392,7 +411,7 @@ func dockerfile(src, from, label string) string {
 		}
 	}
 	if last < 0 {
-		panic("no FROM localhost/fidelity-base in the Dockerfile")
+		t.Fatalf("no FROM localhost/fidelity-base in the Dockerfile:\n%s", src)
 	}
 	return strings.Join(slices.Insert(lines, last+1, "LABEL FROM="+label), "\n")
 }
@@ -408,14 +427,14 @@ func (e *bkEnv) appJob(t *testing.T, c bkCase, baseTag, labelTag, dest string) f
 	ctx := e.context(t, src, nil)
 	switch c.builder {
 	case "":
-		write(t, filepath.Join(ctx, "Dockerfile"), []byte(dockerfile(readFile(t, filepath.Join(src, "Dockerfile")), from, label)))
+		write(t, filepath.Join(ctx, "Dockerfile"), []byte(dockerfile(t, readFile(t, filepath.Join(src, "Dockerfile")), from, label)))
 		opts := slices.Clone(c.opts)
 		if !c.noAttest {
 			opts = append(opts, "attest:provenance=mode=min")
 		}
 		return func() error { return e.bk.build(ctx, repoTag, opts, c.output, c.extra) }
 	case "buildah":
-		write(t, filepath.Join(ctx, "Dockerfile"), []byte(dockerfile(readFile(t, filepath.Join(src, "Dockerfile")), from, label)))
+		write(t, filepath.Join(ctx, "Dockerfile"), []byte(dockerfile(t, readFile(t, filepath.Join(src, "Dockerfile")), from, label)))
 		return func() error { return e.buildahOmitHistory(ctx, repoTag) }
 	case "umoci":
 		return func() error { return e.umociApp(ctx, from, label, repoTag) }
@@ -867,10 +886,10 @@ func (e *bkEnv) check(t *testing.T, c bkCase, mode string) {
 
 	// The harness itself: v1 sits on v1, the rebuild on v2.
 	for _, a := range c.arches() {
-		t.Logf("%s history (%s): %s", image, a, historyShape(t, r.configArch(t, image, a)))
+		t.Logf("%s history (%s): %s", image, a, historyShape(t, e.config(t, image, a)))
 		for img, base := range map[string]string{image: c.buildRepo() + ":1", rebuilt: c.buildRepo() + ":2"} {
-			want := diffIDs(t, r.configArch(t, base, a))
-			if got := diffIDs(t, r.configArch(t, img, a)); len(got) < len(want) || !slices.Equal(got[:len(want)], want) {
+			want := diffIDs(t, e.config(t, base, a))
+			if got := diffIDs(t, e.config(t, img, a)); len(got) < len(want) || !slices.Equal(got[:len(want)], want) {
 				t.Fatalf("harness: %s (%s) is not built on %s", img, a, base)
 			}
 		}
@@ -943,8 +962,8 @@ func (e *bkEnv) check(t *testing.T, c bkCase, mode string) {
 	}
 	for _, a := range c.arches() {
 		aspects = append(aspects,
-			aspect{"config", func() any { return bkConfig(t, r.configArch(t, rebased, a)) }, func() any { return bkConfig(t, r.configArch(t, rebuilt, a)) }},
-			aspect{"history", func() any { return normalHistory(t, r.configArch(t, rebased, a)) }, func() any { return normalHistory(t, r.configArch(t, rebuilt, a)) }},
+			aspect{"config", func() any { return bkConfig(t, e.config(t, rebased, a)) }, func() any { return bkConfig(t, e.config(t, rebuilt, a)) }},
+			aspect{"history", func() any { return normalHistory(t, e.config(t, rebased, a)) }, func() any { return normalHistory(t, e.config(t, rebuilt, a)) }},
 			aspect{"tree", func() any { return tree(t, r.unpackArch(t, rebased, a)) }, func() any { return tree(t, r.unpackArch(t, rebuilt, a)) }})
 	}
 	for _, a := range aspects {
@@ -977,7 +996,7 @@ func (e *bkEnv) check(t *testing.T, c bkCase, mode string) {
 		}
 	}
 	for _, a := range c.arches() {
-		if strings.Contains(r.configArch(t, rebased, a), "moby.buildkit.cache.v0") {
+		if strings.Contains(e.config(t, rebased, a), "moby.buildkit.cache.v0") {
 			fail(false, "the rebased config keeps moby.buildkit.cache.v0 (inline cache of the old layers)")
 		}
 	}
