@@ -196,8 +196,8 @@ func envValue(env []string, name string) string {
 // fromOldImage takes the old base's own manifest and config. found says
 // how old was found, when not by the annotation's digest.
 func (d *Decision) fromOldImage(img, old *manifest.Image, found string) (*Decision, error) {
-	if !OnBase(img, old) {
-		return nil, refuse("%s is not built on %s (named by its %s annotation): the layers differ; pass --from-base or --layers", img.Ref, old.Ref, manifest.BaseDigestAnnotation)
+	if err := rebase.CheckOnBase(img, old); err != nil {
+		return nil, refuse("%v (the old base its %s annotation names); pass --from-base or --layers", err, manifest.BaseDigestAnnotation)
 	}
 	if found != "" {
 		d.Reasons = append(d.Reasons, found)

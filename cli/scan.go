@@ -337,26 +337,45 @@ func (s *scanner) read(ctx context.Context, loc engine.Location) (v1.Descriptor,
 }
 
 // candidates reads one version of a base: itself, or each platform image of
-// an index.
+// an index, each with its config (for its diff_ids: images are matched by
+// content).
 func (s *scanner) candidates(ctx context.Context, loc engine.Location) ([]scan.Candidate, error) {
 	desc, m, children, err := s.read(ctx, loc)
 	if err != nil {
 		return nil, err
 	}
 	if m != nil {
-		return []scan.Candidate{{Ref: loc.String(), Repo: loc.Repo.Name(), Digest: desc.Digest, Layers: m.Layers}}, nil
+		cfg, err := readConfig(ctx, loc, m)
+		if err != nil {
+			return nil, err
+		}
+		return []scan.Candidate{{Ref: loc.String(), Repo: loc.Repo.Name(), Digest: desc.Digest, Layers: m.Layers, DiffIDs: cfg.RootFS.DiffIDs}}, nil
 	}
 	var out []scan.Candidate
 	for _, c := range children {
-		_, cm, _, err := s.read(ctx, engine.Location{Repo: loc.Repo, Digest: c.Digest.String()})
+		child := engine.Location{Repo: loc.Repo, Digest: c.Digest.String()}
+		_, cm, _, err := s.read(ctx, child)
 		if err != nil {
 			return nil, err
 		}
 		if cm != nil {
-			out = append(out, scan.Candidate{Ref: loc.String(), Repo: loc.Repo.Name(), Digest: c.Digest, Layers: cm.Layers})
+			cfg, err := readConfig(ctx, child, cm)
+			if err != nil {
+				return nil, err
+			}
+			out = append(out, scan.Candidate{Ref: loc.String(), Repo: loc.Repo.Name(), Digest: c.Digest, Layers: cm.Layers, DiffIDs: cfg.RootFS.DiffIDs})
 		}
 	}
 	return out, nil
+}
+
+// readConfig reads the config of the image manifest m at loc.
+func readConfig(ctx context.Context, loc engine.Location, m *v1.Manifest) (*v1.ConfigFile, error) {
+	raw, err := loc.Repo.Blob(ctx, m.Config)
+	if err != nil {
+		return nil, err
+	}
+	return manifest.ParseConfig(loc.String(), raw)
 }
 
 // image reads one image and judges it; keep is false for an image the
@@ -378,22 +397,35 @@ func (s *scanner) image(ctx context.Context, loc engine.Location) (scan.Finding,
 		}
 	}
 	img := scan.Image{Ref: loc.String(), Digest: desc.Digest, Layers: m.Layers, Annotations: m.Annotations}
-	o := scan.Identify(img, s.cands)
-	if o.Method == "" {
-		// The label is in the config: read it only when nothing else told.
-		raw, err := loc.Repo.Blob(ctx, m.Config)
-		if err != nil {
-			return scan.Finding{}, false, err
+	// The config (diff_ids, label) is read only when the manifests do not
+	// tell: blobs no candidate has, or no base found by them.
+	read := false
+	config := func() error {
+		if read {
+			return nil
 		}
-		cfg, err := manifest.ParseConfig(loc.String(), raw)
+		read = true
+		cfg, err := readConfig(ctx, loc, m)
 		if err != nil {
-			return scan.Finding{}, false, err
+			return err
 		}
 		label := s.f.label
 		if label == "" {
 			label = basedetect.DefaultLabel
 		}
-		img.Label = strings.TrimSpace(cfg.Config.Labels[label])
+		img.DiffIDs, img.Label = cfg.RootFS.DiffIDs, strings.TrimSpace(cfg.Config.Labels[label])
+		return nil
+	}
+	if scan.NeedsConfig(img, s.cands) {
+		if err := config(); err != nil {
+			return scan.Finding{}, false, err
+		}
+	}
+	o := scan.Identify(img, s.cands)
+	if o.Method == "" && !read {
+		if err := config(); err != nil {
+			return scan.Finding{}, false, err
+		}
 		o = scan.Identify(img, s.cands)
 	}
 	var cur *scan.Candidate
@@ -415,6 +447,11 @@ func (s *scanner) image(ctx context.Context, loc engine.Location) (scan.Finding,
 	}
 	if o.Method == ByNone && len(s.f.bases) > 0 {
 		return scan.Finding{}, false, nil
+	}
+	if scan.NeedsConfigToJudge(img, o, cur) {
+		if err := config(); err != nil {
+			return scan.Finding{}, false, err
+		}
 	}
 	return scan.Judge(img, o, repo, cur), true, nil
 }

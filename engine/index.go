@@ -136,6 +136,9 @@ func finishIndex(ctx context.Context, req Request, target WritableRepo, img *doc
 		for _, wn := range warnings {
 			res.Warnings = append(res.Warnings, rebase.Warning{Code: wn.Code, Message: w.name + ": " + wn.Message})
 		}
+		for _, n := range w.plan.Notes {
+			res.Notes = append(res.Notes, rebase.Note{Code: n.Code, Message: w.name + ": " + n.Message})
+		}
 		res.OldBase, res.NewBase = w.plan.OldBase, w.plan.NewBase
 		if res.Detection == nil {
 			res.Detection = w.detection
@@ -187,8 +190,19 @@ func selected(filter []v1.Platform, p v1.Platform) bool {
 }
 
 // newIndex builds the new index: the original with each rebased platform's
-// descriptor replaced (platform and annotations kept), attestations dropped
-// unless kept, and base annotations moved to the new base.
+// descriptor replaced (platform and annotations kept), attestations of the
+// replaced images dropped or detached, and base annotations moved to the new
+// base.
+//
+// An attestation manifest (BuildKit provenance and SBOM) names the image it
+// describes in its vnd.docker.reference.digest annotation. One that
+// describes an image the rebase leaves in the index (a platform up to date,
+// or kept by --platform) stays as it is. One that describes a replaced
+// image, or does not say which, is dropped with a warning; with
+// keepAttestations it is kept detached: its descriptor loses the
+// vnd.docker.reference.digest annotation, so that the index does not claim
+// it describes an image that is no longer there (its statements, which
+// cannot change, still name the old image), and a warning says so.
 func newIndex(img, to *doc, work []*platformWork, keepAttestations bool) ([]byte, v1.Descriptor, []rebase.Warning, error) {
 	var top map[string]json.RawMessage
 	if err := json.Unmarshal(img.raw, &top); err != nil {
@@ -197,8 +211,12 @@ func newIndex(img, to *doc, work []*platformWork, keepAttestations bool) ([]byte
 	idx := *img.index
 	idx.Manifests = nil
 	byPos := map[int]*platformWork{}
+	replaced := map[string]bool{}
 	for _, w := range work {
 		byPos[w.pos] = w
+		if !w.plan.UpToDate {
+			replaced[w.desc.Digest.String()] = true
+		}
 	}
 	var warnings []rebase.Warning
 	for i, d := range img.index.Manifests {
@@ -206,14 +224,22 @@ func newIndex(img, to *doc, work []*platformWork, keepAttestations bool) ([]byte
 			d.MediaType, d.Digest, d.Size = w.plan.ManifestDescriptor.MediaType, w.plan.ManifestDescriptor.Digest, w.plan.ManifestDescriptor.Size
 		}
 		if isAttestation(d) {
-			ref := d.Annotations["vnd.docker.reference.digest"]
-			if !keepAttestations {
+			ref := d.Annotations[referenceDigest]
+			switch {
+			case ref != "" && !replaced[ref]:
+				// It describes an image that stays in the index.
+			case !keepAttestations:
 				warnings = append(warnings, rebase.Warning{Code: "attestation-dropped",
-					Message: fmt.Sprintf("dropped attestation manifest %s (it describes %s, which the rebase replaces); pass --keep-attestations to keep it", d.Digest, orUnknown(ref))})
+					Message: fmt.Sprintf("dropped attestation manifest %s (it describes %s, which the rebase replaces); pass --keep-attestations to keep it, detached", d.Digest, orUnknown(ref))})
 				continue
+			default:
+				if ref != "" {
+					d.Annotations = maps.Clone(d.Annotations)
+					delete(d.Annotations, referenceDigest)
+				}
+				warnings = append(warnings, rebase.Warning{Code: "attestation-detached",
+					Message: fmt.Sprintf("kept attestation manifest %s detached: it describes %s, which the rebase replaces and which is no longer in the index; its %s annotation is removed so that it names no image of the index (its statements still name the old image)", d.Digest, orUnknown(ref), referenceDigest)})
 			}
-			warnings = append(warnings, rebase.Warning{Code: "attestation-stale",
-				Message: fmt.Sprintf("kept attestation manifest %s, which describes %s, no longer in the index", d.Digest, orUnknown(ref))})
 		}
 		idx.Manifests = append(idx.Manifests, d)
 	}
@@ -248,6 +274,10 @@ func newIndex(img, to *doc, work []*platformWork, keepAttestations bool) ([]byte
 	}
 	return raw, v1.Descriptor{MediaType: mt, Digest: h, Size: n}, warnings, nil
 }
+
+// referenceDigest is the annotation by which an attestation manifest of an
+// index names the manifest it describes.
+const referenceDigest = "vnd.docker.reference.digest"
 
 func orUnknown(s string) string {
 	if s == "" {

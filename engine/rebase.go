@@ -47,8 +47,9 @@ type Request struct {
 	// KeepOtherPlatforms keeps the platforms Platforms does not select
 	// unchanged in the new index; without it such a rebase is refused.
 	KeepOtherPlatforms bool
-	// KeepAttestations keeps an index's attestation manifests (which
-	// describe the old images); by default they are dropped with a warning.
+	// KeepAttestations keeps the attestation manifests of the images an
+	// index rebase replaces, detached (see newIndex); by default they are
+	// dropped with a warning. Attestations of images that stay are kept.
 	KeepAttestations bool
 	// CheckSignatures looks for the single-platform image's signatures
 	// (cosign tags, OCI referrers) to warn that the rebase invalidates them.
@@ -99,6 +100,10 @@ type Result struct {
 	NewBase     rebase.BaseRef   `json:"newBase"`
 	Transferred Transferred      `json:"transferred"`
 	Warnings    []rebase.Warning `json:"warnings"`
+	// Notes are the plan's notes (for an index, each platform's, prefixed
+	// with the platform): a base matched by content, build metadata
+	// dropped.
+	Notes []rebase.Note `json:"notes,omitempty"`
 	// Plan is the full plan, for --dry-run and -v (single-platform images).
 	Plan *rebase.Plan `json:"plan,omitempty"`
 	// Platforms holds one result per platform of an index.
@@ -367,6 +372,7 @@ func apply(ctx context.Context, req Request, plan *rebase.Plan, session BlobUplo
 		OldBase:  plan.OldBase,
 		NewBase:  plan.NewBase,
 		Warnings: plan.Warnings,
+		Notes:    plan.Notes,
 		Plan:     plan,
 	}
 	switch {
