@@ -65,9 +65,12 @@ type bkCase struct {
 	// base is the repository the label and the rebase name: "base" (a
 	// BuildKit index: one platform and a provenance attestation), "mbase"
 	// (two platforms and attestations), "zbase" (base re-compressed to
-	// zstd by skopeo) or "ubase" (base with uncompressed layers). zbase
-	// and ubase hold the same layers (by diff_id) and configs as base; the
-	// applications are built on base and rebased with these.
+	// zstd by skopeo), "ubase" (base with uncompressed layers), "obase"
+	// (a copy of base whose tag 1 is deleted), "mid" (built on base: a
+	// chain base → mid → app) or "rbase" (base built reproducibly, with
+	// SOURCE_DATE_EPOCH: both versions have the same created time).
+	// zbase, ubase and obase hold the same layers (by diff_id) and configs
+	// as base; the applications are built on base and rebased with these.
 	base string
 	// noAttest builds without the provenance attestation: one manifest.
 	noAttest bool
@@ -135,6 +138,14 @@ var bkCases = []bkCase{
 	// base's value, may be written out or inherited: a warning.
 	{name: "literal-path", src: "fidelity/literal-path", warn: []string{"old-base-value-embedded"}, differs: []string{"config", "history"}, differsIn: []string{"PATH="}},
 	{name: "user", src: "buildkit/user"},
+	// LABEL FROM is not the first instruction after FROM.
+	{name: "label-late", src: "buildkit/label-late"},
+	// ENV values with spaces, quotes, escapes, empty, and the legacy
+	// "ENV NAME value" form, beside a PATH the rebase rewrites.
+	{name: "env-quoted", src: "buildkit/env-quoted"},
+	// WORKDIR $JAVA_HOME/app is recorded as /opt/rt/1/app: the files and
+	// the config stay there while a rebuild puts them under /opt/rt/2.
+	{name: "workdir-from-env", src: "buildkit/workdir-from-env", warn: []string{"old-base-value-embedded"}, differs: []string{"config", "history", "tree"}, differsIn: []string{"/opt/rt/"}},
 	{name: "typical", src: "buildkit/typical"},
 
 	// Shapes of BuildKit output, on the typical Dockerfile.
@@ -152,6 +163,12 @@ var bkCases = []bkCase{
 	// The bases re-compressed after the application was built.
 	{name: "zstd-base", src: "buildkit/typical", base: "zbase"},
 	{name: "uncompressed-base", src: "buildkit/typical", base: "ubase"},
+	// A chain: mid is built on base (with its own LABEL FROM=base:N), the
+	// application on mid with LABEL FROM=mid:N; mid moves from base 1 to 2.
+	{name: "chain", src: "buildkit/chain", base: "mid"},
+	// Reproducible builds: the base versions and the application all have
+	// the created time of SOURCE_DATE_EPOCH.
+	{name: "reproducible", src: "buildkit/typical", base: "rbase", opts: reproducible.opts, output: reproducible.output},
 	// The old base is gone from the registry (obase is a copy of base
 	// whose tag 1 is deleted after the build): only automatic mode can
 	// run, from what the image records.
@@ -169,7 +186,13 @@ var bkCases = []bkCase{
 }
 
 // bkBaseRepos are the base repositories, each with tags 1, 2 and stable.
-var bkBaseRepos = []string{"base", "mbase", "zbase", "ubase", "obase"}
+var bkBaseRepos = []string{"base", "mbase", "zbase", "ubase", "obase", "mid", "rbase"}
+
+// reproducible are the build options of a reproducible build: every
+// timestamp is SOURCE_DATE_EPOCH.
+var reproducible = struct{ opts, output []string }{
+	[]string{"build-arg:SOURCE_DATE_EPOCH=1700000000"}, []string{"rewrite-timestamp=true"},
+}
 
 // bkEnv is what the corpus shares: one registry, one buildkitd.
 type bkEnv struct {
@@ -209,8 +232,9 @@ func (c bkCase) baseRepo() string {
 
 // buildRepo is the repository the case is built FROM.
 func (c bkCase) buildRepo() string {
-	if c.base == "mbase" {
-		return "mbase"
+	switch c.base {
+	case "mbase", "mid", "rbase":
+		return c.base
 	}
 	return "base"
 }
@@ -257,19 +281,30 @@ func TestBuildKit(t *testing.T) {
 		t.Cleanup(func() { e.writeReport(t, path, time.Since(start)) })
 	}
 
-	// Bases: base (index with attestation) and mbase (two platforms),
-	// both versions, then the re-compressed copies of base.
-	// Version by version: v2 is created after v1, as a patched base is
+	// Bases: base (index with attestation), mbase (two platforms) and
+	// rbase (reproducible), both versions, then mid on base, then the
+	// copies of base. Version by version: v2 is created after v1, as a patched base is
 	// (automatic mode compares creation times).
 	for _, v := range []string{"1", "2"} {
 		ctx := e.context(t, filepath.Join(fidelityDir, "base-"+v), map[string]string{"busybox": string(busybox)})
-		runJobs(t, 2, []func() error{
+		runJobs(t, 3, []func() error{
 			func() error {
 				return e.bk.build(ctx, "base:"+v, []string{"attest:provenance=mode=min"}, nil, nil)
 			},
 			func() error {
 				return e.bk.build(ctx, "mbase:"+v, []string{"attest:provenance=mode=min", "platform=linux/amd64,linux/arm64"}, nil, nil)
+			},
+			func() error {
+				return e.bk.build(ctx, "rbase:"+v, append([]string{"attest:provenance=mode=min"}, reproducible.opts...), reproducible.output, nil)
 			}})
+	}
+	for _, v := range []string{"1", "2"} {
+		src := filepath.Join(fidelityDir, "chain")
+		ctx := e.context(t, src, nil)
+		write(t, filepath.Join(ctx, "Dockerfile"), []byte(dockerfile(t, readFile(t, filepath.Join(src, "mid.Dockerfile")), r.Host+"/base:"+v, "base:"+v)))
+		runJobs(t, 1, []func() error{func() error {
+			return e.bk.build(ctx, "mid:"+v, []string{"attest:provenance=mode=min"}, nil, nil)
+		}})
 	}
 	var jobs []func() error
 	for _, v := range []string{"1", "2"} {
@@ -399,7 +434,8 @@ func (e *bkEnv) context(t *testing.T, src string, extra map[string]string) strin
 }
 
 // dockerfile names from in every FROM of the corpus's base and adds
-// LABEL FROM=label after the last one.
+// LABEL FROM=label after the last one, or puts label where the Dockerfile
+// says {{LABEL}}.
 func dockerfile(t *testing.T, src, from, label string) string {
 	t.Helper()
 	lines := strings.Split(src, "\n")
@@ -409,6 +445,12 @@ func dockerfile(t *testing.T, src, from, label string) string {
 			lines[i] = "FROM " + from + rest
 			last = i
 		}
+	}
+	if strings.Contains(src, "{{LABEL}}") {
+		if last < 0 {
+			t.Fatalf("no FROM localhost/fidelity-base in the Dockerfile:\n%s", src)
+		}
+		return strings.ReplaceAll(strings.Join(lines, "\n"), "{{LABEL}}", label)
 	}
 	if last < 0 {
 		t.Fatalf("no FROM localhost/fidelity-base in the Dockerfile:\n%s", src)
@@ -987,6 +1029,11 @@ func (e *bkEnv) check(t *testing.T, c bkCase, mode string) {
 		case !same:
 			fail(false, "%s differs from the rebuild: %s", a.name, compactDiff(diff(got, want)))
 		}
+	}
+	// The next automatic run finds the result up to date: an explicit
+	// rebase moved the label to the new base, an automatic one keeps it.
+	if code, out, stderr := rebase(t, r.env(), r.Host, rebased, "--check"); code != 0 {
+		fail(false, "automatic --check on the result: exit %d, want 0 (up to date): %s", code, oneLine(out+stderr))
 	}
 	if c.keepAttestations {
 		if n := r.attestations(t, rebased); n == 0 {
