@@ -122,7 +122,7 @@ func (c *Choice) Decide(in Input) (*Decision, error) {
 	// The old base's manifest may still exist (same base named by the
 	// annotation): it gives the exact old config.
 	if in.Old != nil {
-		if len(in.Old.Manifest.Layers) == layers && OnBase(img, in.Old) {
+		if len(in.Old.Manifest.Layers) == layers && rebase.OnBase(img, in.Old) {
 			return d.fromOldImage(img, in.Old, in.OldFound)
 		}
 		d.Warnings = append(d.Warnings, Warning{Code: "base-sources-disagree", Message: fmt.Sprintf(
@@ -213,20 +213,6 @@ func (d *Decision) fromOldImage(img, old *manifest.Image, found string) (*Decisi
 	}
 	d.Reasons = append(d.Reasons, fmt.Sprintf("old base %s (%s) still exists: its %d layers are the image's bottom ones, its config is the old side of the merge", old.Ref, old.Descriptor.Digest, d.Layers))
 	return d, nil
-}
-
-// OnBase tells whether img's bottom layers are base's: the same layer
-// digests, or, when a side was compressed differently, the same diff_ids
-// (both configs read).
-func OnBase(img, base *manifest.Image) bool {
-	if rebase.HasLayerPrefix(img.Manifest.Layers, base.Manifest.Layers) {
-		return true
-	}
-	if img.Config == nil || base.Config == nil {
-		return false
-	}
-	have, want := img.Config.RootFS.DiffIDs, base.Config.RootFS.DiffIDs
-	return len(want) > 0 && len(want) == len(base.Manifest.Layers) && len(want) <= len(have) && slices.Equal(have[:len(want)], want)
 }
 
 // checkHistory refuses an image whose history does not account for its

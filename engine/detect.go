@@ -127,7 +127,7 @@ func rebaseDetectedIn(ctx context.Context, req Request, target WritableRepo, img
 	// The tag the image names has moved on and the old base is not known
 	// by digest: look for it among the base repository's tags.
 	var found string
-	if old == nil && !basedetect.OnBase(img.image, nw) {
+	if old == nil && !rebase.OnBase(img.image, nw) {
 		if old, found, err = searchOldBase(ctx, choice, img.image, p, resolve, r); err != nil {
 			cancel()
 			return nil, err
@@ -325,7 +325,7 @@ func rebaseDetectedIndex(ctx context.Context, req Request, target WritableRepo, 
 			missing = "could not be read (" + oldErr.Error() + ")"
 		}
 		var found string
-		if old == nil && !basedetect.OnBase(app, nw) {
+		if old == nil && !rebase.OnBase(app, nw) {
 			var err error
 			if old, found, err = searchOldBase(ctx, choice, app, p, resolve, r); err != nil {
 				return err

@@ -109,3 +109,12 @@ func CheckOnBase(img, base *manifest.Image) error {
 	_, err = matchBase(img, b)
 	return err
 }
+
+// OnBase tells whether img starts with base's layers: by diff_id when both
+// configs were read (see CheckOnBase), else by layer digest, a hint only.
+func OnBase(img, base *manifest.Image) bool {
+	if img.Config == nil || base.Config == nil {
+		return HasLayerPrefix(img.Manifest.Layers, base.Manifest.Layers)
+	}
+	return CheckOnBase(img, base) == nil
+}
