@@ -173,11 +173,13 @@ var bkCases = []bkCase{
 	// whose tag 1 is deleted after the build): only automatic mode can
 	// run, from what the image records.
 	{name: "old-base-deleted", src: "buildkit/typical", base: "obase", deleteOld: true, modes: []string{"auto"}},
-	// A docker save archive of the application, rebased onto registry
-	// bases into the registry. skopeo writes Docker schema 2 with
+	// A docker save archive of the application (skopeo's docker-archive:),
+	// rebased onto registry bases into the registry, or into a new archive
+	// (pushed by skopeo to be compared). skopeo writes Docker schema 2 with
 	// uncompressed layers: the manifest cannot match the rebuild's index.
-	{name: "docker-archive", src: "buildkit/typical", archive: true, skip: []string{"manifest"}},
-	{name: "docker-archive-out", src: "buildkit/typical", archive: true, archiveOut: true, skip: []string{"manifest"}},
+	// Not named docker-archive: "docker-archive:TAG" names an archive file.
+	{name: "docker-save", src: "buildkit/typical", archive: true, skip: []string{"manifest"}},
+	{name: "docker-save-out", src: "buildkit/typical", archive: true, archiveOut: true, skip: []string{"manifest"}},
 
 	// Images not built from a Dockerfile.
 	{name: "umoci", src: "buildkit/typical", builder: "umoci"},
