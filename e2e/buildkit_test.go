@@ -80,6 +80,12 @@ type bkCase struct {
 	// archive: the v1 image is exported by skopeo to a docker-archive
 	// (docker save format) and rebased from that file into the registry.
 	archive bool
+	// annotate names the base by the manifest annotation
+	// org.opencontainers.image.base.name (a full reference) instead of
+	// LABEL FROM: BuildKit's annotation.* exporter attribute (what
+	// buildx --annotation sets), or crane's base.name and base.digest
+	// (crane append --set-base-image-annotations).
+	annotate bool
 	// archiveOut: the result is written to a new docker-archive (then
 	// pushed by skopeo to be compared), instead of the registry.
 	archiveOut bool
@@ -185,7 +191,17 @@ var bkCases = []bkCase{
 	{name: "umoci", src: "buildkit/typical", builder: "umoci"},
 	{name: "buildah-omit-history", src: "buildkit/typical", builder: "buildah"},
 	{name: "crane", src: "buildkit/typical", builder: "crane"},
+
+	// The base named by annotations, not by a label.
+	{name: "buildkit-annotation", src: "buildkit/typical", annotate: true},
+	{name: "crane-annotations", src: "buildkit/typical", builder: "crane", annotate: true},
 }
+
+// The OCI annotations that name an image's base.
+const (
+	baseNameAnnotation   = "org.opencontainers.image.base.name"
+	baseDigestAnnotation = "org.opencontainers.image.base.digest"
+)
 
 // bkBaseRepos are the base repositories, each with tags 1, 2 and stable.
 var bkBaseRepos = []string{"base", "mbase", "zbase", "ubase", "obase", "mid", "rbase"}
@@ -249,9 +265,10 @@ func (c bkCase) arches() []string {
 }
 
 // label is the value of LABEL FROM for a base tag: relative to the
-// registry, or a full reference for an archive (which has no registry).
+// registry, or a full reference for an archive (which has no registry) or
+// an annotation.
 func (e *bkEnv) label(c bkCase, tag string) string {
-	if c.archive {
+	if c.archive || c.annotate {
 		return e.r.Host + "/" + c.baseRepo() + ":" + tag
 	}
 	return c.baseRepo() + ":" + tag
@@ -436,8 +453,8 @@ func (e *bkEnv) context(t *testing.T, src string, extra map[string]string) strin
 }
 
 // dockerfile names from in every FROM of the corpus's base and adds
-// LABEL FROM=label after the last one, or puts label where the Dockerfile
-// says {{LABEL}}.
+// LABEL FROM=label after the last one (none when label is empty), or puts
+// label where the Dockerfile says {{LABEL}}.
 func dockerfile(t *testing.T, src, from, label string) string {
 	t.Helper()
 	lines := strings.Split(src, "\n")
@@ -457,6 +474,9 @@ func dockerfile(t *testing.T, src, from, label string) string {
 	if last < 0 {
 		t.Fatalf("no FROM localhost/fidelity-base in the Dockerfile:\n%s", src)
 	}
+	if label == "" {
+		return strings.Join(lines, "\n")
+	}
 	return strings.Join(slices.Insert(lines, last+1, "LABEL FROM="+label), "\n")
 }
 
@@ -471,12 +491,17 @@ func (e *bkEnv) appJob(t *testing.T, c bkCase, baseTag, labelTag, dest string) f
 	ctx := e.context(t, src, nil)
 	switch c.builder {
 	case "":
+		output := c.output
+		if c.annotate {
+			output = append(slices.Clone(output), "annotation."+baseNameAnnotation+"="+label)
+			label = ""
+		}
 		write(t, filepath.Join(ctx, "Dockerfile"), []byte(dockerfile(t, readFile(t, filepath.Join(src, "Dockerfile")), from, label)))
 		opts := slices.Clone(c.opts)
 		if !c.noAttest {
 			opts = append(opts, "attest:provenance=mode=min")
 		}
-		return func() error { return e.bk.build(ctx, repoTag, opts, c.output, c.extra) }
+		return func() error { return e.bk.build(ctx, repoTag, opts, output, c.extra) }
 	case "buildah":
 		write(t, filepath.Join(ctx, "Dockerfile"), []byte(dockerfile(t, readFile(t, filepath.Join(src, "Dockerfile")), from, label)))
 		return func() error { return e.buildahOmitHistory(ctx, repoTag) }
@@ -484,7 +509,7 @@ func (e *bkEnv) appJob(t *testing.T, c bkCase, baseTag, labelTag, dest string) f
 		return func() error { return e.umociApp(ctx, from, label, repoTag) }
 	case "crane":
 		hello := readFile(t, filepath.Join(src, "hello"))
-		return func() error { return e.craneApp(from, label, hello, repoTag) }
+		return func() error { return e.craneApp(from, label, c.annotate, hello, repoTag) }
 	}
 	t.Fatalf("unknown builder %q", c.builder)
 	return nil
@@ -531,7 +556,7 @@ func (e *bkEnv) umociApp(ctx, from, label, repoTag string) error {
 // craneApp is what crane append and crane mutate make: a layer appended
 // by go-containerregistry (a blank history entry) and a config changed
 // with no history entry at all.
-func (e *bkEnv) craneApp(from, label, hello, repoTag string) error {
+func (e *bkEnv) craneApp(from, label string, annotate bool, hello, repoTag string) error {
 	ref, err := name.ParseReference(from)
 	if err != nil {
 		return err
@@ -560,15 +585,24 @@ func (e *bkEnv) craneApp(from, label, hello, repoTag string) error {
 		return err
 	}
 	cfg := *cf.Config.DeepCopy()
-	cfg.Labels = maps.Clone(cfg.Labels)
-	if cfg.Labels == nil {
-		cfg.Labels = map[string]string{}
+	if !annotate {
+		cfg.Labels = maps.Clone(cfg.Labels)
+		if cfg.Labels == nil {
+			cfg.Labels = map[string]string{}
+		}
+		cfg.Labels["FROM"] = label
 	}
-	cfg.Labels["FROM"] = label
 	cfg.Env = append(slices.Clone(cfg.Env), "APP=crane")
 	cfg.Cmd = []string{"/bin/busybox", "cat", "/app/hello"}
 	if img, err = mutate.Config(img, cfg); err != nil {
 		return err
+	}
+	if annotate {
+		d, err := base.Digest()
+		if err != nil {
+			return err
+		}
+		img = mutate.Annotations(img, map[string]string{baseNameAnnotation: label, baseDigestAnnotation: d.String()}).(v1.Image)
 	}
 	dest, err := name.ParseReference(e.r.Host + "/" + repoTag)
 	if err != nil {
@@ -750,6 +784,33 @@ func (r *registryServer) shape(t *testing.T, repoTag string, layers map[string][
 		layers[repoTag] = mts
 	}
 	return map[string]any{"manifest": doc.MediaType, "config": doc.Config.MediaType, "layers": families}
+}
+
+// manifestAnnotations returns the annotations of repoTag's manifest for
+// linux/arch (the platform's manifest of an index).
+func (r *registryServer) manifestAnnotations(t *testing.T, repoTag, arch string) map[string]string {
+	t.Helper()
+	raw := run(t, "skopeo", "--override-os", "linux", "--override-arch", arch, "inspect", "--raw", "--cert-dir", r.CertDir, "--creds", r.creds(), "docker://"+r.Host+"/"+repoTag)
+	var doc struct {
+		Manifests []struct {
+			Digest   string `json:"digest"`
+			Platform struct {
+				OS           string `json:"os"`
+				Architecture string `json:"architecture"`
+			} `json:"platform"`
+		} `json:"manifests"`
+		Annotations map[string]string `json:"annotations"`
+	}
+	if err := json.Unmarshal([]byte(raw), &doc); err != nil {
+		t.Fatalf("%s: %v", repoTag, err)
+	}
+	for _, m := range doc.Manifests {
+		if m.Platform.OS == "linux" && m.Platform.Architecture == arch {
+			repo, _, _ := strings.Cut(repoTag, ":")
+			return r.manifestAnnotations(t, repo+"@"+m.Digest, arch)
+		}
+	}
+	return doc.Annotations
 }
 
 // attestations counts an index's attestation manifests.
@@ -1036,6 +1097,23 @@ func (e *bkEnv) check(t *testing.T, c bkCase, mode string) {
 	// rebase moved the label to the new base, an automatic one keeps it.
 	if code, out, stderr := rebase(t, r.env(), r.Host, rebased, "--check"); code != 0 {
 		fail(false, "automatic --check on the result: exit %d, want 0 (up to date): %s", code, oneLine(out+stderr))
+	}
+	// Annotations naming the base, when written, name it so that the next
+	// run can read it.
+	for _, a := range c.arches() {
+		if ann := r.manifestAnnotations(t, rebased, a)[baseNameAnnotation]; ann != "" {
+			if _, err := name.ParseReference(ann); err != nil {
+				fail(false, "annotation %s=%q (%s) is not a reference: %v", baseNameAnnotation, ann, a, err)
+			}
+		}
+	}
+	if c.annotate {
+		for _, a := range c.arches() {
+			got, want := r.manifestAnnotations(t, rebased, a)[baseNameAnnotation], r.manifestAnnotations(t, rebuilt, a)[baseNameAnnotation]
+			if got != want {
+				fail(false, "annotation %s: %q, rebuild %q", baseNameAnnotation, got, want)
+			}
+		}
 	}
 	if c.keepAttestations {
 		if n := r.attestations(t, rebased); n == 0 {
