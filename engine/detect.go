@@ -144,6 +144,7 @@ func rebaseDetectedIn(ctx context.Context, req Request, target WritableRepo, img
 		cancel()
 		return nil, err
 	}
+	nb.Name = newLoc.String()
 	if w := backwards(choice, old, nw); w != nil {
 		dec.Warnings = append(dec.Warnings, *w)
 	}
@@ -342,6 +343,7 @@ func rebaseDetectedIndex(ctx context.Context, req Request, target WritableRepo, 
 		if err != nil {
 			return err
 		}
+		nb.Name = newLoc.String()
 		label, relabel, warning := detectedLabel(req, choice, app)
 		if w.plan, err = rebase.New(rebase.Input{Image: app, Old: dec.Old, New: nb, BaseLabel: label, Relabel: relabel}); err != nil {
 			return fmt.Errorf("platform %s: %w", w.name, err)

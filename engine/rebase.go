@@ -247,12 +247,13 @@ func rebaseImageIn(ctx context.Context, req Request, target WritableRepo, img, f
 
 // Plan computes the plan of moving img from old to nw.
 func Plan(img, old, nw *manifest.Image) (*rebase.Plan, error) {
-	return planWith(img, old, nw, "", "")
+	return planWith(img, old, nw, "", "", "")
 }
 
-// planWith is Plan with the label that names the base and its new value
-// (see baseLabel).
-func planWith(img, old, nw *manifest.Image, label, relabel string) (*rebase.Plan, error) {
+// planWith is Plan with the new base's reference for the result's base
+// annotations (empty: nw.Ref), and the label that names the base and its
+// new value (see baseLabel).
+func planWith(img, old, nw *manifest.Image, newName, label, relabel string) (*rebase.Plan, error) {
 	ob, err := rebase.BaseFromImage(old)
 	if err != nil {
 		return nil, err
@@ -261,6 +262,7 @@ func planWith(img, old, nw *manifest.Image, label, relabel string) (*rebase.Plan
 	if err != nil {
 		return nil, err
 	}
+	nb.Name = newName
 	return rebase.New(rebase.Input{Image: img, Old: ob, New: nb, BaseLabel: label, Relabel: relabel})
 }
 
@@ -269,7 +271,7 @@ func planWith(img, old, nw *manifest.Image, label, relabel string) (*rebase.Plan
 // base unless req.KeepLabel, which warns instead.
 func explicitPlan(req Request, img, old, nw *manifest.Image) (*rebase.Plan, error) {
 	label, relabel, warning := baseLabel(req, img, req.From)
-	plan, err := planWith(img, old, nw, label, relabel)
+	plan, err := planWith(img, old, nw, req.To.String(), label, relabel)
 	if err != nil || warning == nil || plan.UpToDate {
 		return plan, err
 	}
