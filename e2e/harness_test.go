@@ -38,7 +38,13 @@ func TestMain(m *testing.M) {
 	}
 	binary = filepath.Join(dir, "image-rebase")
 	buildahRoot = filepath.Join(dir, "buildah")
-	build := exec.Command("go", "build", "-o", binary, "../cmd/image-rebase")
+	args := []string{"build", "-o", binary}
+	if raceEnabled {
+		// go test -race: the binary under test is built with the race
+		// detector too, so that its data races fail the end-to-end tests.
+		args = append(args, "-race")
+	}
+	build := exec.Command("go", append(args, "../cmd/image-rebase")...)
 	build.Stderr = os.Stderr
 	if err := build.Run(); err != nil {
 		fmt.Fprintln(os.Stderr, "building the binary:", err)
