@@ -505,7 +505,14 @@ func (e *bkEnv) appJob(t *testing.T, c bkCase, baseTag, labelTag, dest string) f
 	from := e.r.Host + "/" + c.buildRepo() + ":" + baseTag
 	label := e.label(c, labelTag)
 	repoTag := c.name + ":" + dest
-	ctx := e.context(t, src, nil)
+	// hello names the case: cases that share a Dockerfile make distinct
+	// images (the registry under test fails some concurrent writes of the
+	// same blob, see TestConcurrentIdenticalRebases).
+	var extra map[string]string
+	if b, err := os.ReadFile(filepath.Join(src, "hello")); err == nil {
+		extra = map[string]string{"hello": string(b) + c.name + "\n"}
+	}
+	ctx := e.context(t, src, extra)
 	switch c.builder {
 	case "":
 		output := c.output
@@ -525,7 +532,7 @@ func (e *bkEnv) appJob(t *testing.T, c bkCase, baseTag, labelTag, dest string) f
 	case "umoci":
 		return func() error { return e.umociApp(ctx, from, label, repoTag) }
 	case "crane":
-		hello := readFile(t, filepath.Join(src, "hello"))
+		hello := readFile(t, filepath.Join(ctx, "hello"))
 		return func() error { return e.craneApp(from, label, c.annotate, hello, repoTag) }
 	}
 	t.Fatalf("unknown builder %q", c.builder)
