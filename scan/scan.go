@@ -1,7 +1,9 @@
-// Package scan decides which base an image is built on and whether it is
-// stale, from documents already read: the image's layers against candidate
-// bases, its OCI base annotations, or the label that names its base. It
-// reads no registry; the command line walks the registry and asks it.
+// Package scan finds the images built on a base and tells which are stale.
+// The decisions (Identify, Judge) are pure: from documents already read,
+// the image's layers against candidate bases, its OCI base annotations, or
+// the label that names its base. A Scanner walks a registry for them (the
+// catalog, tag lists, manifests, the bases' tags): scan, batch --scan and
+// watch share it.
 package scan
 
 import (
