@@ -102,12 +102,15 @@ type Finding struct {
 	// Stale is true when the image does not start with To's layers.
 	Stale  bool   `json:"stale"`
 	Reason string `json:"reason,omitempty"`
+	// Layers are the image's layers (an index's: its first platform
+	// image's), to judge it again when its base moves.
+	Layers []v1.Descriptor `json:"-"`
 }
 
 // Judge says whether img, which comes from o (in repository repo), is on
 // current, the version of its base to be on.
 func Judge(img Image, o Origin, repo string, current *Candidate) Finding {
-	f := Finding{Image: img.Ref, Digest: img.Digest, Method: o.Method, Base: o.Name}
+	f := Finding{Image: img.Ref, Digest: img.Digest, Method: o.Method, Base: o.Name, Layers: img.Layers}
 	if o.Method == "" {
 		f.Reason = "no candidate base's layers start the image, and it names no base (annotations, label)"
 		return f

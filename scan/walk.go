@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -66,11 +67,25 @@ type Scanner struct {
 	bases  []baseArg
 	repos  []*registry.Repo
 
+	// lock guards cands and current, which ReadBase replaces while
+	// images are judged.
+	lock    sync.RWMutex
 	cands   []Candidate
-	current []*Candidate // per base, in Options.Bases order
+	current []*BaseVersion // per base, in Options.Bases order
 
 	mu    sync.Mutex
 	named map[string]*namedBase // base named by an image → its current version
+}
+
+// BaseVersion is the version of a base a tag names: the digest of the
+// tag's manifest (an image's, or an index's) and the candidates it gives
+// (the image, or each platform image of the index).
+type BaseVersion struct {
+	// Ref names the base as the findings' To does, e.g. "host/base:2".
+	Ref    string
+	Digest v1.Hash
+	// Candidates are never empty.
+	Candidates []Candidate
 }
 
 type baseArg struct {
@@ -133,9 +148,9 @@ func Run(ctx context.Context, client *registry.Client, o Options) ([]Finding, er
 // (each platform image of an index), and Options.Known. A base whose
 // current version cannot be read is an error.
 func (s *Scanner) ReadBases(ctx context.Context) error {
-	s.cands = append([]Candidate(nil), s.o.Known...)
-	s.current = make([]*Candidate, len(s.bases))
-	read := map[string][]Candidate{} // "repo@id" → its candidates, each read once
+	cands := append([]Candidate(nil), s.o.Known...)
+	current := make([]*BaseVersion, len(s.bases))
+	read := map[string]BaseVersion{} // "repo@id" → what it gave, each read once
 	var mu sync.Mutex
 	for i, b := range s.bases {
 		tags, err := b.repo.Tags(ctx)
@@ -153,11 +168,11 @@ func (s *Scanner) ReadBases(ctx context.Context) error {
 			// is read once: its tags were all read for the first.
 			key := b.repo.Name() + "@" + id
 			mu.Lock()
-			cs, done := read[key]
+			v, done := read[key]
 			mu.Unlock()
 			if done {
-				if id == b.loc.ID() && len(cs) > 0 {
-					s.current[i] = &cs[0]
+				if id == b.loc.ID() {
+					current[i] = &BaseVersion{Ref: b.loc.String(), Digest: v.Digest, Candidates: v.Candidates}
 				}
 				continue
 			}
@@ -167,7 +182,7 @@ func (s *Scanner) ReadBases(ctx context.Context) error {
 			}
 			s.sem <- struct{}{}
 			wg.Go(func() {
-				cs, err := s.candidates(ctx, loc)
+				v, err := s.version(ctx, loc)
 				<-s.sem
 				mu.Lock()
 				defer mu.Unlock()
@@ -175,10 +190,10 @@ func (s *Scanner) ReadBases(ctx context.Context) error {
 					errs = append(errs, err)
 					return
 				}
-				read[key] = cs
-				s.cands = append(s.cands, cs...)
-				if id == b.loc.ID() && len(cs) > 0 {
-					s.current[i] = &cs[0]
+				read[key] = v
+				cands = append(cands, v.Candidates...)
+				if id == b.loc.ID() {
+					current[i] = &BaseVersion{Ref: b.loc.String(), Digest: v.Digest, Candidates: v.Candidates}
 				}
 			})
 		}
@@ -186,45 +201,83 @@ func (s *Scanner) ReadBases(ctx context.Context) error {
 		if len(errs) > 0 {
 			return errs[0]
 		}
-		if s.current[i] == nil {
+		if current[i] == nil {
 			return fmt.Errorf("--base %s: not found among the tags of %s", b.loc, b.repo.Name())
 		}
 	}
-	s.order()
+	s.lock.Lock()
+	s.cands, s.current = order(cands, current, s.o.Known), current
+	s.lock.Unlock()
 	return nil
 }
 
-// order sorts the candidates so that, among candidates of equal length,
-// Identify picks the current version of a base first, then a known
-// earlier version, then the others by name: the same image gets the same
-// answer on every walk.
-func (s *Scanner) order() {
+// ReadBase reads the version base (as BaseRefs names it) names now and
+// makes it the base's current version; the version it replaces stays a
+// candidate, so that the images still on it are found. It reads one
+// manifest (and for an index its platform images'), where ReadBases reads
+// every tag of the base's repository.
+func (s *Scanner) ReadBase(ctx context.Context, base string) (BaseVersion, error) {
+	idx := -1
+	for i, b := range s.bases {
+		if b.loc.String() == base {
+			idx = i
+			break
+		}
+	}
+	if idx < 0 {
+		return BaseVersion{}, fmt.Errorf("%s is not a base of this scan", base)
+	}
+	v, err := s.version(ctx, s.bases[idx].loc)
+	if err != nil {
+		return BaseVersion{}, err
+	}
+	s.lock.Lock()
+	defer s.lock.Unlock()
+	current := append([]*BaseVersion(nil), s.current...)
+	current[idx] = &v
+	cands := append([]Candidate(nil), s.cands...)
+	for _, c := range v.Candidates {
+		if !slices.ContainsFunc(cands, func(o Candidate) bool { return o.Ref == c.Ref && o.Digest == c.Digest }) {
+			cands = append(cands, c)
+		}
+	}
+	s.cands, s.current = order(cands, current, s.o.Known), current
+	return v, nil
+}
+
+// order sorts cands so that, among candidates of equal length, Identify
+// picks the current version of a base first, then a known earlier
+// version, then the others by name: the same image gets the same answer
+// on every walk.
+func order(cands []Candidate, current []*BaseVersion, known []Candidate) []Candidate {
+	same := func(a, b Candidate) bool { return a.Ref == b.Ref && a.Digest == b.Digest }
 	rank := func(c Candidate) int {
-		for _, cur := range s.current {
-			if cur != nil && cur.Ref == c.Ref && cur.Digest == c.Digest {
+		for _, cur := range current {
+			if cur != nil && slices.ContainsFunc(cur.Candidates, func(o Candidate) bool { return same(o, c) }) {
 				return 0
 			}
 		}
-		for _, k := range s.o.Known {
-			if k.Ref == c.Ref && k.Digest == c.Digest {
-				return 1
-			}
+		if slices.ContainsFunc(known, func(o Candidate) bool { return same(o, c) }) {
+			return 1
 		}
 		return 2
 	}
-	sort.SliceStable(s.cands, func(i, j int) bool {
-		ri, rj := rank(s.cands[i]), rank(s.cands[j])
+	sort.SliceStable(cands, func(i, j int) bool {
+		ri, rj := rank(cands[i]), rank(cands[j])
 		if ri != rj {
 			return ri < rj
 		}
-		return s.cands[i].Ref < s.cands[j].Ref
+		return cands[i].Ref < cands[j].Ref
 	})
+	return cands
 }
 
 // Current returns the current version of each base, in Options.Bases
 // order (after ReadBases).
-func (s *Scanner) Current() []Candidate {
-	out := make([]Candidate, 0, len(s.current))
+func (s *Scanner) Current() []BaseVersion {
+	s.lock.RLock()
+	defer s.lock.RUnlock()
+	out := make([]BaseVersion, 0, len(s.current))
 	for _, c := range s.current {
 		if c != nil {
 			out = append(out, *c)
@@ -381,15 +434,18 @@ func (s *Scanner) isBaseRepo(name string) bool {
 
 // currentFor returns the current version of the base an image comes
 // from, named ref in repository repo: the base given as ref itself, else
-// the first base of that repository; nil when no base is in repo.
+// the first base of that repository; false when no base is in repo.
 func (s *Scanner) currentFor(repo, ref string) (*Candidate, bool) {
+	s.lock.RLock()
+	defer s.lock.RUnlock()
 	first := -1
 	for i, b := range s.bases {
 		if b.repo.Name() != repo {
 			continue
 		}
 		if b.loc.String() == ref {
-			return s.current[i], true
+			first = i
+			break
 		}
 		if first < 0 {
 			first = i
@@ -398,7 +454,10 @@ func (s *Scanner) currentFor(repo, ref string) (*Candidate, bool) {
 	if first < 0 {
 		return nil, false
 	}
-	return s.current[first], true
+	if s.current[first] == nil {
+		return nil, true
+	}
+	return &s.current[first].Candidates[0], true
 }
 
 // read fetches a manifest and, for an index, its platform images'
@@ -432,27 +491,31 @@ func (s *Scanner) read(ctx context.Context, loc engine.Location) (v1.Descriptor,
 	return desc, nil, nil, &manifest.UnsupportedError{Ref: loc.String(), Kind: kind, MediaType: desc.MediaType}
 }
 
-// candidates reads one version of a base: itself, or each platform image of
+// version reads one version of a base: itself, or each platform image of
 // an index.
-func (s *Scanner) candidates(ctx context.Context, loc engine.Location) ([]Candidate, error) {
+func (s *Scanner) version(ctx context.Context, loc engine.Location) (BaseVersion, error) {
 	desc, m, children, err := s.read(ctx, loc)
 	if err != nil {
-		return nil, err
+		return BaseVersion{}, err
 	}
+	v := BaseVersion{Ref: loc.String(), Digest: desc.Digest}
 	if m != nil {
-		return []Candidate{{Ref: loc.String(), Repo: loc.Repo.Name(), Digest: desc.Digest, Layers: m.Layers}}, nil
+		v.Candidates = []Candidate{{Ref: loc.String(), Repo: loc.Repo.Name(), Digest: desc.Digest, Layers: m.Layers}}
+		return v, nil
 	}
-	var out []Candidate
 	for _, c := range children {
 		_, cm, _, err := s.read(ctx, engine.Location{Repo: loc.Repo, Digest: c.Digest.String()})
 		if err != nil {
-			return nil, err
+			return BaseVersion{}, err
 		}
 		if cm != nil {
-			out = append(out, Candidate{Ref: loc.String(), Repo: loc.Repo.Name(), Digest: c.Digest, Layers: cm.Layers})
+			v.Candidates = append(v.Candidates, Candidate{Ref: loc.String(), Repo: loc.Repo.Name(), Digest: c.Digest, Layers: cm.Layers})
 		}
 	}
-	return out, nil
+	if len(v.Candidates) == 0 {
+		return BaseVersion{}, fmt.Errorf("%s: index without platform images", loc)
+	}
+	return v, nil
 }
 
 // image reads one image and judges it; keep is false for an image the
@@ -474,7 +537,10 @@ func (s *Scanner) image(ctx context.Context, loc engine.Location) (Finding, bool
 		}
 	}
 	img := Image{Ref: loc.String(), Digest: desc.Digest, Layers: m.Layers, Annotations: m.Annotations}
-	o := Identify(img, s.cands)
+	s.lock.RLock()
+	cands := s.cands
+	s.lock.RUnlock()
+	o := Identify(img, cands)
 	if o.Method == "" {
 		// The label is in the config: read it only when nothing else told.
 		raw, err := loc.Repo.Blob(ctx, m.Config)
@@ -490,7 +556,7 @@ func (s *Scanner) image(ctx context.Context, loc engine.Location) (Finding, bool
 			label = basedetect.DefaultLabel
 		}
 		img.Label = strings.TrimSpace(cfg.Config.Labels[label])
-		o = Identify(img, s.cands)
+		o = Identify(img, cands)
 	}
 	var cur *Candidate
 	repo := o.Repo
@@ -538,9 +604,8 @@ func (s *Scanner) namedBase(ctx context.Context, name string, relative bool) *na
 		if _, ok := s.currentFor(nb.repo, nb.ref); ok {
 			return // a base's current version is already read
 		}
-		cs, err := s.candidates(ctx, loc)
-		if err == nil && len(cs) > 0 {
-			nb.c = &cs[0]
+		if v, err := s.version(ctx, loc); err == nil {
+			nb.c = &v.Candidates[0]
 		}
 	})
 	return nb

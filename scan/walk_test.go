@@ -95,10 +95,11 @@ func TestKnownVersionsFindImagesOnAnUntaggedBase(t *testing.T) {
 	if err := s.ReadBases(ctx); err != nil {
 		t.Fatal(err)
 	}
-	known := s.Current()
-	if len(known) != 1 || known[0].Ref != reg.Host+"/base:stable" {
-		t.Fatalf("Current() = %+v", known)
+	cur := s.Current()
+	if len(cur) != 1 || cur[0].Ref != reg.Host+"/base:stable" || len(cur[0].Candidates) != 1 {
+		t.Fatalf("Current() = %+v", cur)
 	}
+	known := cur[0].Candidates
 	d2 := reg.Push(t, "base:stable", b2)
 
 	opts := scan.Options{Registry: reg.Host, Bases: []string{"base:stable"}, Jobs: 4}
@@ -121,8 +122,8 @@ func TestKnownVersionsFindImagesOnAnUntaggedBase(t *testing.T) {
 	if err := s2.ReadBases(ctx); err != nil {
 		t.Fatal(err)
 	}
-	if c := s2.Current(); c[0].Digest != d2 {
-		t.Errorf("current %s, want the new %s", c[0].Digest, d2)
+	if c := s2.Current(); c[0].Digest != d2 || c[0].Candidates[0].Digest != d2 {
+		t.Errorf("current %+v, want the new %s", c[0], d2)
 	}
 	f, keep, err := s2.Image(ctx, "app", "1")
 	if err != nil || !keep || !f.Stale {
@@ -130,5 +131,42 @@ func TestKnownVersionsFindImagesOnAnUntaggedBase(t *testing.T) {
 	}
 	if _, keep, _ := s2.Image(ctx, "base", "stable"); keep {
 		t.Error("a base's own tag was judged as an image")
+	}
+}
+
+// TestReadBaseFollowsAMove: after ReadBase, the base's new version is
+// current and the images on the version it replaced are still found, by
+// their layers, as stale.
+func TestReadBaseFollowsAMove(t *testing.T) {
+	reg := regtest.Start(t)
+	b1, b2 := base(t, "1"), base(t, "2")
+	reg.Push(t, "base:stable", b1)
+	reg.Push(t, "app:1", app(t, b1, "app"))
+	ctx := context.Background()
+	s, err := scan.New(client(reg), scan.Options{Registry: reg.Host, Bases: []string{"base:stable"}, Jobs: 4})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.ReadBases(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if f, keep, err := s.Image(ctx, "app", "1"); err != nil || !keep || f.Stale {
+		t.Fatalf("before the move: %+v, %v, %v", f, keep, err)
+	}
+	d2 := reg.Push(t, "base:stable", b2)
+	v, err := s.ReadBase(ctx, reg.Host+"/base:stable")
+	if err != nil || v.Digest != d2 {
+		t.Fatalf("ReadBase = %+v, %v; want %s", v, err, d2)
+	}
+	f, keep, err := s.Image(ctx, "app", "1")
+	if err != nil || !keep || !f.Stale || f.To != reg.Host+"/base:stable" {
+		t.Fatalf("after the move: %+v, %v, %v; want stale", f, keep, err)
+	}
+	reg.Push(t, "app:2", app(t, b2, "app 2"))
+	if f, keep, err := s.Image(ctx, "app", "2"); err != nil || !keep || f.Stale {
+		t.Fatalf("an image on the new version: %+v, %v, %v", f, keep, err)
+	}
+	if _, err := s.ReadBase(ctx, reg.Host+"/other:1"); err == nil {
+		t.Error("ReadBase of a base not given: no error")
 	}
 }
