@@ -29,8 +29,8 @@ func TestParseEvents(t *testing.T) {
 			skipped: 4,
 		},
 		{
-			name: "distribution: the host from the target's url when the request has none",
-			body: `{"events":[{"action":"push","target":{"mediaType":"application/vnd.docker.distribution.manifest.list.v2+json","digest":"` + d + `","repository":"team/base","url":"http://10.0.0.1:5000/v2/team/base/manifests/` + d + `","tag":"1"}}]}`,
+			name:   "distribution: the host from the target's url when the request has none",
+			body:   `{"events":[{"action":"push","target":{"mediaType":"application/vnd.docker.distribution.manifest.list.v2+json","digest":"` + d + `","repository":"team/base","url":"http://10.0.0.1:5000/v2/team/base/manifests/` + d + `","tag":"1"}}]}`,
 			source: SourceDistribution,
 			pushes: []Push{{Host: "10.0.0.1:5000", Repository: "team/base", Tag: "1", Digest: d}},
 		},
@@ -40,8 +40,8 @@ func TestParseEvents(t *testing.T) {
 			source: SourceDistribution,
 		},
 		{
-			name: "harbor: PUSH_ARTIFACT",
-			body: `{"type":"PUSH_ARTIFACT","occur_at":1586922308,"operator":"admin","event_data":{"resources":[{"digest":"` + d + `","tag":"stable","resource_url":"harbor.example.com/library/base:stable"}],"repository":{"date_created":1586922308,"name":"base","namespace":"library","repo_full_name":"library/base","repo_type":"private"}}}`,
+			name:   "harbor: PUSH_ARTIFACT",
+			body:   `{"type":"PUSH_ARTIFACT","occur_at":1586922308,"operator":"admin","event_data":{"resources":[{"digest":"` + d + `","tag":"stable","resource_url":"harbor.example.com/library/base:stable"}],"repository":{"date_created":1586922308,"name":"base","namespace":"library","repo_full_name":"library/base","repo_type":"private"}}}`,
 			source: SourceHarbor,
 			pushes: []Push{{Host: "harbor.example.com", Repository: "library/base", Tag: "stable", Digest: d}},
 		},
