@@ -36,8 +36,15 @@ type Options struct {
 	Jobs int
 	// Known are versions of the bases read earlier, e.g. by a watcher
 	// before a base tag moved: images on them are found by their layers
-	// even when no tag names them any more.
+	// even when no tag names them any more. Their Ref is the base as
+	// given (what the tag named then).
 	Known []Candidate
+	// SameTag keeps, of the images on a base's repository, only those on
+	// the base's own tag: found by the layers of a version the tag names
+	// or named (Known), or naming that tag in their annotations or label.
+	// Without it an image on any version of the repository (base:1 when
+	// base:2 is given) is on the base, and stale.
+	SameTag bool
 }
 
 // ArgError reports a malformed registry, base or repository in Options;
@@ -423,6 +430,15 @@ func (s *Scanner) Image(ctx context.Context, repo, tag string) (f Finding, keep 
 	return s.image(ctx, engine.Location{Repo: rp, Tag: tag})
 }
 
+func (s *Scanner) isBaseRef(ref string) bool {
+	for _, b := range s.bases {
+		if b.loc.String() == ref {
+			return true
+		}
+	}
+	return false
+}
+
 func (s *Scanner) isBaseRepo(name string) bool {
 	for _, b := range s.bases {
 		if b.repo.Name() == name {
@@ -434,7 +450,8 @@ func (s *Scanner) isBaseRepo(name string) bool {
 
 // currentFor returns the current version of the base an image comes
 // from, named ref in repository repo: the base given as ref itself, else
-// the first base of that repository; false when no base is in repo.
+// (unless SameTag) the first base of that repository; false when there is
+// no such base.
 func (s *Scanner) currentFor(repo, ref string) (*Candidate, bool) {
 	s.lock.RLock()
 	defer s.lock.RUnlock()
@@ -451,7 +468,7 @@ func (s *Scanner) currentFor(repo, ref string) (*Candidate, bool) {
 			first = i
 		}
 	}
-	if first < 0 {
+	if first < 0 || s.o.SameTag && s.bases[first].loc.String() != ref {
 		return nil, false
 	}
 	if s.current[first] == nil {
@@ -541,6 +558,13 @@ func (s *Scanner) image(ctx context.Context, loc engine.Location) (Finding, bool
 	cands := s.cands
 	s.lock.RUnlock()
 	o := Identify(img, cands)
+	if s.o.SameTag && o.Method == ByLayers && !s.isBaseRef(o.Name) {
+		// The layers show a version of another tag (base:1.2-dev, or
+		// base:1.2 that the given tag no longer names): the image is on
+		// the given tag only if it names it.
+		cands = nil
+		o = Identify(img, nil)
+	}
 	if o.Method == "" {
 		// The label is in the config: read it only when nothing else told.
 		raw, err := loc.Repo.Blob(ctx, m.Config)

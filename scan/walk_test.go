@@ -170,3 +170,41 @@ func TestReadBaseFollowsAMove(t *testing.T) {
 		t.Error("ReadBase of a base not given: no error")
 	}
 }
+
+// TestSameTag: with SameTag, an image on another tag of the base's
+// repository is not on the base, unless it names the base's tag.
+func TestSameTag(t *testing.T) {
+	reg := regtest.Start(t)
+	b1, b2 := base(t, "1"), base(t, "2")
+	reg.Push(t, "base:1", b1)
+	reg.Push(t, "base:stable", b2)
+	reg.Push(t, "pinned:1", app(t, b1, "pinned"))
+	reg.Push(t, "labelled:1", app(t, b1, "labelled", testimage.Label("FROM", "base:stable")))
+	reg.Push(t, "current:1", app(t, b2, "current"))
+	opts := scan.Options{Registry: reg.Host, Bases: []string{"base:stable"}, Jobs: 4}
+	for _, same := range []bool{false, true} {
+		opts.SameTag = same
+		found, err := scan.Run(context.Background(), client(reg), opts)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got := byImage(t, found)
+		pinned, inPinned := got[reg.Host+"/pinned:1"]
+		if same == inPinned {
+			t.Errorf("SameTag %v: pinned:1 (on base:1) found: %v (%+v)", same, inPinned, pinned)
+		}
+		if !same && !pinned.Stale {
+			t.Errorf("without SameTag: pinned:1 %+v, want stale", pinned)
+		}
+		want := scan.ByLayers
+		if same {
+			want = scan.ByLabel
+		}
+		if f := got[reg.Host+"/labelled:1"]; f.Method != want || !f.Stale || f.To != reg.Host+"/base:stable" {
+			t.Errorf("SameTag %v: labelled:1 %+v, want stale, found by %s", same, f, want)
+		}
+		if f := got[reg.Host+"/current:1"]; f.Method != scan.ByLayers || f.Stale {
+			t.Errorf("SameTag %v: current:1 %+v, want up to date by layers", same, f)
+		}
+	}
+}

@@ -502,7 +502,7 @@ func (w *Watcher) buildIndex(ctx context.Context, g *group, first bool) error {
 
 // walk reads g's registry: the bases, the repositories and their images.
 func (w *Watcher) walk(ctx context.Context, client *registry.Client, g *group, known []scan.Candidate) (*scan.Scanner, []string, []scan.Finding, error) {
-	sc, err := scan.New(client, scan.Options{Registry: g.reg.Host, Bases: g.reg.Bases, Repos: g.reg.Repos, Label: w.cfg.Label, Jobs: w.cfg.Jobs, Known: known})
+	sc, err := scan.New(client, w.scanOptions(g, known))
 	if err != nil {
 		return nil, nil, nil, err
 	}
@@ -518,6 +518,16 @@ func (w *Watcher) walk(ctx context.Context, client *registry.Client, g *group, k
 		return nil, nil, nil, err
 	}
 	return sc, repos, found, nil
+}
+
+// scanOptions are the options of g's scans: a dependent of a base tag is
+// an image on that very tag (a version it names or named while the
+// watcher ran, or named by the image), never one on another tag of the
+// repository (base:1.2 when base:stable is watched): the watcher does not
+// move an image to a tag it was not built from.
+func (w *Watcher) scanOptions(g *group, known []scan.Candidate) scan.Options {
+	return scan.Options{Registry: g.reg.Host, Bases: g.reg.Bases, Repos: g.reg.Repos, Label: w.cfg.Label,
+		Jobs: w.cfg.Jobs, Known: known, SameTag: true}
 }
 
 // scannerOf returns g's scanner, built again (its bases read) when the
@@ -537,7 +547,7 @@ func (w *Watcher) scannerOf(ctx context.Context, g *group) (*scan.Scanner, int, 
 	if sgen == gen {
 		return sc, gen, nil
 	}
-	sc, err := scan.New(client, scan.Options{Registry: g.reg.Host, Bases: g.reg.Bases, Repos: g.reg.Repos, Label: w.cfg.Label, Jobs: w.cfg.Jobs, Known: known})
+	sc, err := scan.New(client, w.scanOptions(g, known))
 	if err == nil {
 		err = sc.ReadBases(ctx)
 	}
