@@ -149,6 +149,10 @@ type base struct {
 	deps      map[string]*dep
 	round     *round
 	settling  bool
+	// want is the digest an event or a poll saw the tag name, at
+	// wantSince: a registry may tell of a push before the tag is moved.
+	want      v1.Hash
+	wantSince time.Time
 	pending   string // a trigger that came during a round
 	retryWait time.Duration
 }
@@ -651,6 +655,14 @@ func (w *Watcher) startRound(ctx context.Context, b *base, why string) {
 	w.m.lastCheck.WithLabelValues(b.ref).Set(float64(time.Now().Unix()))
 	w.mu.Lock()
 	b.retryWait = 0
+	if b.want != (v1.Hash{}) && v.Digest != b.want && time.Since(b.wantSince) < tagLag {
+		// Distribution sends the push event before it moves the tag:
+		// read again shortly.
+		w.mu.Unlock()
+		time.AfterFunc(tagLag/20, func() { w.startRound(ctx, b, why) })
+		return
+	}
+	b.want = v1.Hash{}
 	b.settling = false
 	previous := b.version.Digest
 	b.version = v
@@ -664,8 +676,9 @@ func (w *Watcher) startRound(ctx context.Context, b *base, why string) {
 	}
 	w.gauges(b)
 	if len(keys) == 0 {
+		n := len(b.deps)
 		w.mu.Unlock()
-		w.log.Info("base checked", "base", b.ref, "digest", v.Digest.String(), "trigger", why, "dependents", len(b.deps), "stale", 0)
+		w.log.Info("base checked", "base", b.ref, "digest", v.Digest.String(), "trigger", why, "dependents", n, "stale", 0)
 		return
 	}
 	w.roundN++
@@ -684,6 +697,20 @@ func (w *Watcher) startRound(ctx context.Context, b *base, why string) {
 	for _, k := range keys {
 		w.q.add(k)
 	}
+}
+
+// tagLag is how long a tag may lag behind the event that told of its push.
+const tagLag = 2 * time.Second
+
+// wantVersion records that b's tag was seen naming digest.
+func (w *Watcher) wantVersion(b *base, digest string) {
+	d, err := v1.NewHash(digest)
+	if err != nil {
+		return
+	}
+	w.mu.Lock()
+	b.want, b.wantSince = d, time.Now()
+	w.mu.Unlock()
 }
 
 // staleOn says whether d is not on version v of its base.
@@ -1100,6 +1127,7 @@ func (w *Watcher) poll(ctx context.Context, b *base) {
 	}
 	w.m.polls.WithLabelValues(b.ref, "changed").Inc()
 	w.log.Info("base moved", "base", b.ref, "digest", d.String(), "previous", cur.String(), "trigger", "poll")
+	w.wantVersion(b, d.String())
 	w.trigger(ctx, b, "poll", true)
 }
 
@@ -1156,6 +1184,7 @@ func (w *Watcher) onPush(source string, p Push) {
 		if hit != nil {
 			result = "base"
 			w.log.Info("base moved", "base", hit.ref, "digest", p.Digest, "trigger", "event", "source", source)
+			w.wantVersion(hit, p.Digest)
 			w.trigger(ctx, hit, "event", false)
 			continue
 		}
@@ -1251,7 +1280,19 @@ func (w *Watcher) indexImage(ctx context.Context, g *group, repo, tag string) {
 	var f scan.Finding
 	var keep bool
 	if err == nil {
-		f, keep, err = sc.Image(ctx, repo, tag)
+		// Distribution sends the push event before it moves the tag: a
+		// tag not found yet is read again shortly.
+		for wait := tagLag / 20; ; wait *= 2 {
+			f, keep, err = sc.Image(ctx, repo, tag)
+			if !errors.Is(err, engine.ErrNotFound) || wait > tagLag {
+				break
+			}
+			select {
+			case <-ctx.Done():
+				return
+			case <-time.After(wait):
+			}
+		}
 	}
 	key := g.reg.Host + "/" + repo + ":" + tag
 	if err != nil {
