@@ -144,11 +144,11 @@ type base struct {
 	ref string // as the findings' To: "host/base:stable"
 	tag string // "" for a base given by digest (never moves)
 
-	version   scan.BaseVersion // current, as last read
-	known     []scan.Candidate // versions seen, most recent last
-	deps      map[string]*dep
-	round     *round
-	settling  bool
+	version  scan.BaseVersion // current, as last read
+	known    []scan.Candidate // versions seen, most recent last
+	deps     map[string]*dep
+	round    *round
+	settling bool
 	// want is the digest an event or a poll saw the tag name, at
 	// wantSince: a registry may tell of a push before the tag is moved.
 	want      v1.Hash
