@@ -253,9 +253,9 @@ func (s *Scanner) ReadBase(ctx context.Context, base string) (BaseVersion, error
 }
 
 // order sorts cands so that, among candidates of equal length, Identify
-// picks the current version of a base first, then a known earlier
-// version, then the others by name: the same image gets the same answer
-// on every walk.
+// picks the current version of a base first, then an earlier version of a
+// base (known, or read under the base's tag), then the others by name:
+// the same image gets the same answer on every walk.
 func order(cands []Candidate, current []*BaseVersion, known []Candidate) []Candidate {
 	same := func(a, b Candidate) bool { return a.Ref == b.Ref && a.Digest == b.Digest }
 	rank := func(c Candidate) int {
@@ -264,7 +264,8 @@ func order(cands []Candidate, current []*BaseVersion, known []Candidate) []Candi
 				return 0
 			}
 		}
-		if slices.ContainsFunc(known, func(o Candidate) bool { return same(o, c) }) {
+		if slices.ContainsFunc(known, func(o Candidate) bool { return same(o, c) }) ||
+			slices.ContainsFunc(current, func(cur *BaseVersion) bool { return cur != nil && cur.Ref == c.Ref }) {
 			return 1
 		}
 		return 2

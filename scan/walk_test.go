@@ -141,9 +141,12 @@ func TestReadBaseFollowsAMove(t *testing.T) {
 	reg := regtest.Start(t)
 	b1, b2 := base(t, "1"), base(t, "2")
 	reg.Push(t, "base:stable", b1)
+	// The version stable replaces stays tagged too: with SameTag, the
+	// version read under stable still decides (base:1 sorts first).
+	reg.Push(t, "base:1", b1)
 	reg.Push(t, "app:1", app(t, b1, "app"))
 	ctx := context.Background()
-	s, err := scan.New(client(reg), scan.Options{Registry: reg.Host, Bases: []string{"base:stable"}, Jobs: 4})
+	s, err := scan.New(client(reg), scan.Options{Registry: reg.Host, Bases: []string{"base:stable"}, Jobs: 4, SameTag: true})
 	if err != nil {
 		t.Fatal(err)
 	}

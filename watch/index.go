@@ -263,7 +263,21 @@ func (w *Watcher) indexRepo(ctx context.Context, g *group, repo string) {
 	sc, gen, err := w.scannerOf(ctx, g)
 	var found []scan.Finding
 	if err == nil {
-		found, err = sc.WalkRepos(ctx, []string{repo})
+		// Distribution sends the push event before it moves the tag: a
+		// repository without tags yet, or a tag not readable yet, is read
+		// again shortly.
+		for wait := tagLag / 20; ; wait *= 2 {
+			found, err = sc.WalkRepos(ctx, []string{repo})
+			lagging := err == nil && (len(found) == 0 || slices.ContainsFunc(found, func(f scan.Finding) bool { return f.Reason != "" }))
+			if !lagging || wait > tagLag {
+				break
+			}
+			select {
+			case <-ctx.Done():
+				return
+			case <-time.After(wait):
+			}
+		}
 	}
 	if err != nil {
 		w.renewClient(gen, err)
@@ -282,7 +296,14 @@ func (w *Watcher) indexRepo(ctx context.Context, g *group, repo string) {
 		}
 	}
 	w.mu.Unlock()
-	w.log.Info("repository indexed", "repository", g.reg.Host+"/"+repo, "images", len(found))
+	attrs := []any{"repository", g.reg.Host + "/" + repo, "images", len(found)}
+	for _, f := range found {
+		if f.Reason != "" {
+			attrs = append(attrs, "unreadable", f.Image+": "+f.Reason)
+			break
+		}
+	}
+	w.log.Info("repository indexed", attrs...)
 	for _, b := range hit {
 		w.staleFound(ctx, b)
 	}

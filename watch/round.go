@@ -210,6 +210,8 @@ func (w *Watcher) reidentify(ctx context.Context, b *base, key string, attempt i
 	if nb != b || !f.Stale {
 		// Moved to another base, or already up to date (someone else
 		// rebased it): nothing to do for this round.
+		w.m.rebases.WithLabelValues(b.ref, OutcomeUpToDate).Inc()
+		w.log.Info(OutcomeUpToDate, "image", key, "base", f.To, "digest", f.Digest.String(), "attempt", attempt, "reason", "found up to date when read again")
 		w.final(key, b, ImageResult{Image: key, Action: OutcomeUpToDate, Before: f.Digest, After: f.Digest, Attempts: attempt})
 		if nb != nil && f.Stale {
 			w.trigger(ctx, nb, "push", false)
@@ -331,6 +333,12 @@ func permanent(err error) bool {
 // final records key's final outcome in its round, if any; the round ends
 // with its last image.
 func (w *Watcher) final(key string, b *base, res ImageResult) {
+	if res.Action == OutcomeGone {
+		w.log.Info(OutcomeGone, "image", key, "reason", res.Error)
+		if b != nil {
+			w.m.rebases.WithLabelValues(b.ref, OutcomeGone).Inc()
+		}
+	}
 	w.mu.Lock()
 	if d := w.deps[key]; d != nil {
 		d.attempts = 0
