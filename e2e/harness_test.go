@@ -154,7 +154,8 @@ http:
     path: %s
 `, filepath.Join(dir, "data"), r.Host, tlsConfig, filepath.Join(dir, "htpasswd"))
 	if rc.notify != "" {
-		config += fmt.Sprintf("notifications:\n  endpoints:\n    - name: watcher\n      url: %s\n      timeout: 2s\n      threshold: 1\n      backoff: 200ms\n", rc.notify)
+		// As docs/watch.md shows it, with a short backoff for the tests.
+		config += fmt.Sprintf("notifications:\n  endpoints:\n    - name: watcher\n      url: %s\n      timeout: 2s\n      threshold: 1\n      backoff: 200ms\n      ignore:\n        actions: [pull, mount]\n", rc.notify)
 		if rc.token != "" {
 			config += fmt.Sprintf("      headers:\n        Authorization: [\"Bearer %s\"]\n", rc.token)
 		}
