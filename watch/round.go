@@ -86,7 +86,9 @@ func (w *Watcher) startRound(ctx context.Context, b *base, why string) {
 	var keys []string
 	for k, d := range b.deps {
 		d.stale = d.staleOn(v)
-		if d.stale {
+		// An image still in another round (it moved to this base) is
+		// rebased there, onto this base.
+		if d.stale && w.inRound[k] == nil {
 			keys = append(keys, k)
 		}
 	}

@@ -77,7 +77,10 @@ func (w *Watcher) onPush(source string, p Push) {
 			continue
 		}
 		w.mu.Lock()
+		// Our own writes come back as events: by digest once written, and
+		// while the image is in a round (its rebase reads it again).
 		_, ours := w.written[p.Digest]
+		ours = ours || w.inRound[ref] != nil
 		w.pruneWritten()
 		known := g.repos[g.reg.Host+"/"+p.Repository]
 		indexed := g.scanner != nil

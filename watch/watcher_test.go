@@ -12,6 +12,7 @@ import (
 	"net/http/httptest"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -93,9 +94,9 @@ func app(t *testing.T, b v1.Image, name string, steps ...testimage.Step) v1.Imag
 	return img
 }
 
-// start runs a watcher with cfg (the registry, base:stable, fast retries
+// run runs a watcher with cfg (the registry, base:stable, fast retries
 // unless set) until the test ends.
-func (fx *fixture) start(cfg watch.Config) {
+func (fx *fixture) run(cfg watch.Config) {
 	fx.t.Helper()
 	if cfg.Registries == nil {
 		cfg.Registries = []watch.Registry{{Host: fx.reg.Host, Bases: []string{"base:stable"}}}
@@ -121,6 +122,12 @@ func (fx *fixture) start(cfg watch.Config) {
 	fx.cancel, fx.done = cancel, make(chan error, 1)
 	go func() { fx.done <- w.Run(ctx, fx.ln) }()
 	fx.t.Cleanup(fx.stop)
+}
+
+// start runs a watcher (see run) and waits for its index.
+func (fx *fixture) start(cfg watch.Config) {
+	fx.t.Helper()
+	fx.run(cfg)
 	fx.waitIndexed()
 }
 
@@ -684,5 +691,44 @@ func TestNotifyAndDrain(t *testing.T) {
 	fx.w.Handler().ServeHTTP(rec, httptest.NewRequest(http.MethodPost, "/events", strings.NewReader(`{"events":[]}`)))
 	if rec.Code != http.StatusServiceUnavailable {
 		t.Errorf("/events after the drain: %d, want 503", rec.Code)
+	}
+}
+
+// TestRegistryDownAtStart: the registry answers nothing but 503 when the
+// watcher starts; the client keeps such a failed connection, so the
+// watcher makes a new one, and indexes once the registry is back.
+func TestRegistryDownAtStart(t *testing.T) {
+	var down atomic.Bool
+	fx := newFixture(t, true, regtest.WithHandler(func(h http.Handler) http.Handler {
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if down.Load() && strings.Contains(r.UserAgent(), "image-rebase") {
+				http.Error(w, "down", http.StatusServiceUnavailable)
+				return
+			}
+			h.ServeHTTP(w, r)
+		})
+	}))
+	reg := fx.reg
+	reg.Push(t, "base:stable", fx.b[1])
+	reg.Push(t, "app:1", app(t, fx.b[1], "app"))
+	down.Store(true)
+	fx.run(watch.Config{})
+	for deadline := time.Now().Add(10 * time.Second); !strings.Contains(fx.logs.String(), `"msg":"new registry connection"`); {
+		if time.Now().After(deadline) {
+			t.Fatal("no new connection after the registry failed")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if code, body := fx.get("/healthz"); code != http.StatusOK || !strings.Contains(body, `"indexed":false`) {
+		t.Errorf("/healthz while the registry is down: %d %s", code, body)
+	}
+	down.Store(false)
+	fx.waitIndexed()
+	reg.Push(t, "base:stable", fx.b[2])
+	if s := fx.round(20 * time.Second); count(s, watch.OutcomeRebased) != 1 || !fx.on("app:1", fx.b[2]) {
+		t.Fatalf("round %+v", s)
+	}
+	if got := fx.metric(`image_rebase_watch_index_builds_total{registry="` + reg.Host + `",result="error"}`); got == "" || got == "0" {
+		t.Errorf("index_builds_total error = %q", got)
 	}
 }
