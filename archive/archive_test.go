@@ -380,3 +380,112 @@ func TestFailureMidWriteLeavesArchivesUnchanged(t *testing.T) {
 		})
 	}
 }
+
+// dockerSave builds what `docker save app:1` gives: the application and
+// its base's layers stored as plain tars, their digests the diff_ids.
+func dockerSave(t *testing.T) (file string, app v1.Image) {
+	t.Helper()
+	plain := testimage.Uncompressed
+	b1, err := testimage.Build(testimage.Scratch("docker"), testimage.Linux,
+		testimage.Copy("ADD rootfs /", map[string]string{"etc/os-release": "VERSION=1", "bin/sh": "shell 1"}).Compressed(plain),
+		testimage.Env("BASE=1"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	app, err = testimage.Build(b1, testimage.Linux,
+		testimage.Copy("COPY app /app/", map[string]string{"app/server": "the application"}).Compressed(plain),
+		testimage.Cmd("/app/server"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return dockerArchive(t, map[string]v1.Image{"app:1": app}), app
+}
+
+// TestDockerSaveAppOntoRegistryBases: a docker save of an application,
+// rebased onto bases in a registry (gzip layers): the old base is matched
+// by diff_id; the result goes into the registry (the application's own
+// layers uploaded, only with AllowCopy, and reported) or into the archive
+// (the new base's layers decompressed into it).
+func TestDockerSaveAppOntoRegistryBases(t *testing.T) {
+	im := build(t, "oci") // base:1 and base:2 as a registry holds them (gzip)
+	reg := regtest.Start(t)
+	reg.Push(t, "base:1", im.base1)
+	reg.Push(t, "base:2", im.base2)
+	file, app := dockerSave(t)
+	c := registry.New(registry.Options{Insecure: []string{reg.Host}})
+	loc := func(s string) engine.Location {
+		l, err := c.Parse(s, reg.Host, false)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return l
+	}
+	a := NewDocker(file, Options{})
+	defer a.Close()
+	appLayers, _ := app.Layers()
+	appLayer, _ := appLayers[1].Digest()
+	appSize, _ := appLayers[1].Size()
+	base2Layers, _ := im.base2.Layers()
+	base2Diff, _ := base2Layers[0].DiffID()
+	req := engine.Request{Image: engine.Location{Repo: a, Tag: "app:1"}, From: loc("base:1"), To: loc("base:2"), Target: loc("team/app:1")}
+
+	// Into the registry: the application's layer exists only in the
+	// archive, so it is uploaded, and only when copies are allowed.
+	_, err := engine.Rebase(context.Background(), req)
+	var mr *registry.MountRefusedError
+	if !errors.As(err, &mr) || mr.Digest != appLayer || !mr.Local || !strings.Contains(err.Error(), "exists only in docker-archive:"+file+", not in a registry") || !strings.Contains(err.Error(), "--allow-copy to upload") {
+		t.Fatalf("without AllowCopy: %v; want the refusal to upload the application's layer %s from the archive", err, appLayer)
+	}
+	if _, ok := reg.Digest(t, "team/app:1"); ok {
+		t.Fatal("team/app:1 written by a refused rebase")
+	}
+	req.AllowCopy = true
+	res, err := engine.Rebase(context.Background(), req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Action != engine.Rebased || res.Transferred != (engine.Transferred{Mounted: 1, Copied: 1, CopiedBytes: appSize}) {
+		t.Errorf("result %s, transferred %+v: want base 2's layer mounted and the application's (%d bytes) uploaded", res.Action, res.Transferred, appSize)
+	}
+	got := reg.Image(t, "team/app:1")
+	if cf, err := got.ConfigFile(); err != nil || cf.RootFS.DiffIDs[0] != base2Diff || !strings.Contains(strings.Join(cf.Config.Env, " "), "BASE=2") {
+		t.Errorf("result config %+v (%v): want base 2's layer and env", cf, err)
+	}
+	if d, _ := got.Digest(); d != res.After {
+		t.Errorf("team/app:1 is %s, result says %s", d, res.After)
+	}
+
+	// Into the archive: base 2's layer is decompressed into it.
+	req.Target = engine.Location{Repo: a, Tag: "app:2"}
+	res, err = engine.Rebase(context.Background(), req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	base2Size, _ := base2Layers[0].Size()
+	if res.Transferred != (engine.Transferred{Copied: 1, CopiedBytes: base2Size}) {
+		t.Errorf("transferred %+v: want base 2's layer copied, the application's already there", res.Transferred)
+	}
+	img, err := tarball.ImageFromPath(file, ptr(name.MustParseReference("app:2").(name.Tag)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cf, err := img.ConfigFile()
+	if err != nil {
+		t.Fatal(err)
+	}
+	layers, _ := img.Layers()
+	for i, l := range layers {
+		rc, err := l.Uncompressed()
+		if err != nil {
+			t.Fatal(err)
+		}
+		h, _, _ := v1.SHA256(rc)
+		rc.Close()
+		if h != cf.RootFS.DiffIDs[i] {
+			t.Errorf("layer %d: content %s, diff_id %s", i+1, h, cf.RootFS.DiffIDs[i])
+		}
+	}
+	if cf.RootFS.DiffIDs[0] != base2Diff {
+		t.Errorf("first layer %s, want base 2's %s", cf.RootFS.DiffIDs[0], base2Diff)
+	}
+}

@@ -3,6 +3,7 @@ package basedetect
 import (
 	"fmt"
 	"slices"
+	"strings"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 
@@ -21,6 +22,9 @@ type Input struct {
 	// to fetch or it is gone; OldMissing then says why (for the reasons).
 	Old        *manifest.Image
 	OldMissing string
+	// OldFound says how Old was found when not by the annotation's digest
+	// (e.g. among the base repository's tags), for the reasons.
+	OldFound string
 }
 
 // Decision is where the old base ends in the image and how that was found.
@@ -66,6 +70,10 @@ func (c *Choice) Decide(in Input) (*Decision, error) {
 		}
 		entries = len(hist) - n
 	case ByLabel:
+		if c.Label.Entry < 0 && in.Old != nil {
+			d.Reasons = append(d.Reasons, fmt.Sprintf("no history entry records LABEL %s: the boundary is where the old base's layers end", c.Label.Name))
+			return d.fromOldImage(img, in.Old, in.OldFound)
+		}
 		if c.Label.Entry >= 0 {
 			entries = c.Label.Entry
 			d.Reasons = append(d.Reasons, fmt.Sprintf("history entry %d of %d set the label: the %d entries below it are the base's", entries+1, len(hist), entries))
@@ -74,7 +82,7 @@ func (c *Choice) Decide(in Input) (*Decision, error) {
 		}
 	case ByAnnotation:
 		if in.Old != nil {
-			return d.fromOldImage(img, in.Old)
+			return d.fromOldImage(img, in.Old, in.OldFound)
 		}
 		if c.OldRef != "" {
 			d.Reasons = append(d.Reasons, fmt.Sprintf("the old base %s %s", c.OldRef, orText(in.OldMissing, "could not be read")))
@@ -82,13 +90,23 @@ func (c *Choice) Decide(in Input) (*Decision, error) {
 			d.Reasons = append(d.Reasons, "the annotations give no old base digest")
 		}
 	}
+	// A label no history entry records leaves the boundary to history
+	// matching; if that fails, say what the label lacks.
+	unrecorded := func(err error) error {
+		if c.Method != ByLabel || c.Label.Entry >= 0 {
+			return err
+		}
+		looked := orText(in.OldFound, "no other tag of its repository could be read")
+		return refuse("%s: label %s=%s names its base, but no history entry records it (the image was not built from a Dockerfile, or its history was omitted), and %s, so where the base ends in its layers is unknown; pass --from-base OLD (the base it was built on) or --layers N --to-base NEW",
+			img.Ref, c.Label.Name, c.Label.Value, looked)
+	}
 	if err := checkHistory(img); err != nil {
-		return nil, err
+		return nil, unrecorded(err)
 	}
 	if entries < 0 {
 		n, how, err := matchHistory(img, in.New)
 		if err != nil {
-			return nil, err
+			return nil, unrecorded(err)
 		}
 		entries = n
 		d.Reasons = append(d.Reasons, how)
@@ -104,8 +122,8 @@ func (c *Choice) Decide(in Input) (*Decision, error) {
 	// The old base's manifest may still exist (same base named by the
 	// annotation): it gives the exact old config.
 	if in.Old != nil {
-		if len(in.Old.Manifest.Layers) == layers && rebase.HasLayerPrefix(img.Manifest.Layers, in.Old.Manifest.Layers) {
-			return d.fromOldImage(img, in.Old)
+		if len(in.Old.Manifest.Layers) == layers && rebase.OnBase(img, in.Old) {
+			return d.fromOldImage(img, in.Old, in.OldFound)
 		}
 		d.Warnings = append(d.Warnings, Warning{Code: "base-sources-disagree", Message: fmt.Sprintf(
 			"the %s annotation's old base %s has %d layers, but %s puts the boundary after %d; %s decides",
@@ -118,16 +136,71 @@ func (c *Choice) Decide(in Input) (*Decision, error) {
 	case c.Method == ByAnnotation:
 		name = c.Annotation.Name
 	}
-	old, note := derive(img, name+" as built", entries, layers)
+	if in.OldFound != "" {
+		d.Reasons = append(d.Reasons, in.OldFound)
+	}
+	old, note, unknown := derive(img, name+" as built", entries, layers)
 	d.Old = old
 	d.Reasons = append(d.Reasons, note)
+	d.Warnings = append(d.Warnings, unknownHazards(img, in.New, hist[entries:], unknown)...)
 	return d, nil
 }
 
-// fromOldImage takes the old base's own manifest and config.
-func (d *Decision) fromOldImage(img, old *manifest.Image) (*Decision, error) {
-	if !rebase.HasLayerPrefix(img.Manifest.Layers, old.Manifest.Layers) {
-		return nil, refuse("%s is not built on %s (named by its %s annotation): the layers differ; pass --from-base or --layers", img.Ref, old.Ref, manifest.BaseDigestAnnotation)
+// unknownHazards warns about the application's values that may embed the
+// old base's, when the old base's value is unknown: an ENV recorded
+// expanded (BuildKit writes ENV PATH=/app/bin:$PATH as the value it
+// computed) of a variable the new base sets, and a WORKDIR recorded as an
+// absolute path that may have been given relative to the old base's.
+func unknownHazards(img, nw *manifest.Image, own []v1.History, unknown []string) []Warning {
+	expanded := false
+	for _, h := range own {
+		expanded = expanded || h.Comment == "buildkit.dockerfile.v0"
+	}
+	if !expanded || nw == nil || nw.Config == nil {
+		return nil
+	}
+	var out []Warning
+	app, n := img.Config.Config, nw.Config.Config
+	for _, k := range unknown {
+		field, name, _ := strings.Cut(k, ":")
+		switch field {
+		case "Env":
+			av, nv := envValue(app.Env, name), envValue(n.Env, name)
+			if nv == "" || av == "" || av == nv || strings.Contains(av, nv) {
+				continue
+			}
+			out = append(out, Warning{Code: "old-base-unknown", Message: fmt.Sprintf(
+				"ENV %s=%s may contain the old base's value of %s, which is unknown (its manifest was not found): the new base's is %q; the value is kept as recorded",
+				name, av, name, nv)})
+		case "WorkingDir":
+			if n.WorkingDir == "" || n.WorkingDir == "/" || strings.HasPrefix(app.WorkingDir+"/", strings.TrimSuffix(n.WorkingDir, "/")+"/") {
+				continue
+			}
+			out = append(out, Warning{Code: "old-base-unknown", Message: fmt.Sprintf(
+				"WORKDIR %s may have been given relative to the old base's working directory, which is unknown (its manifest was not found); the new base's is %s; it is kept as recorded",
+				app.WorkingDir, n.WorkingDir)})
+		}
+	}
+	return out
+}
+
+func envValue(env []string, name string) string {
+	for _, e := range env {
+		if k, v, _ := strings.Cut(e, "="); k == name {
+			return v
+		}
+	}
+	return ""
+}
+
+// fromOldImage takes the old base's own manifest and config. found says
+// how old was found, when not by the annotation's digest.
+func (d *Decision) fromOldImage(img, old *manifest.Image, found string) (*Decision, error) {
+	if err := rebase.CheckOnBase(img, old); err != nil {
+		return nil, refuse("%v (the old base its %s annotation names); pass --from-base or --layers", err, manifest.BaseDigestAnnotation)
+	}
+	if found != "" {
+		d.Reasons = append(d.Reasons, found)
 	}
 	b, err := rebase.BaseFromImage(old)
 	if err != nil {

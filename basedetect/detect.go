@@ -58,6 +58,10 @@ type Options struct {
 	Layers int
 	// NewGiven tells that the user named the new base (--to-base).
 	NewGiven bool
+	// IndexAnnotations are the annotations of the index that lists the
+	// image, if any: base annotations there (BuildKit and buildx can put
+	// them on the index only) count when the image's manifest has none.
+	IndexAnnotations map[string]string
 	// SameRef tells whether two base references (a label value, relative
 	// to the registry, and an annotation, a full reference) name the same
 	// repository and tag. Nil compares them as written.
@@ -132,9 +136,13 @@ func Choose(img *manifest.Image, opts Options) (*Choice, error) {
 		return nil, refuse("%s has no label %q (its labels: %s); pass the name of the label that names its base with -l, or --from-base", img.Ref, opts.Label, labelNames(img))
 	}
 	c.Label = label
-	if name := img.Manifest.Annotations[manifest.BaseNameAnnotation]; name != "" {
+	annotations := img.Manifest.Annotations
+	if annotations[manifest.BaseNameAnnotation] == "" {
+		annotations = opts.IndexAnnotations
+	}
+	if name := annotations[manifest.BaseNameAnnotation]; name != "" {
 		c.Annotation = &AnnotationClue{Name: name}
-		if d, err := v1.NewHash(img.Manifest.Annotations[manifest.BaseDigestAnnotation]); err == nil {
+		if d, err := v1.NewHash(annotations[manifest.BaseDigestAnnotation]); err == nil {
 			c.Annotation.Digest = d
 		}
 	}
@@ -235,4 +243,31 @@ func labelNames(img *manifest.Image) string {
 	}
 	slices.Sort(names)
 	return strings.Join(names, ", ")
+}
+
+// OldLayers is the old base's layer count as the image's history tells it:
+// the layers below the history entry that set the label; 0 when the history
+// does not tell.
+func (c *Choice) OldLayers(img *manifest.Image) int {
+	if c.Method != ByLabel || c.Label == nil || c.Label.Entry < 0 {
+		return 0
+	}
+	hist := img.Config.History
+	if countLayers(hist) != len(img.Config.RootFS.DiffIDs) {
+		return 0
+	}
+	return countLayers(hist[:c.Label.Entry])
+}
+
+// BaseName is the reference that names the base (the label's value, relative
+// to the image's registry, or the annotation's), whose repository's tags may
+// hold the old base; empty for the other methods.
+func (c *Choice) BaseName() (ref string, relative bool) {
+	switch {
+	case c.Method == ByLabel && c.Label != nil:
+		return c.Label.Value, true
+	case c.Method == ByAnnotation && c.Annotation != nil:
+		return c.Annotation.Name, false
+	}
+	return "", false
 }

@@ -48,6 +48,19 @@ func image(t *testing.T, ref string, entries []entry, labels map[string]string, 
 		RawManifest: rawM, Manifest: m, Family: manifest.OCI, RawConfig: raw, Config: cfg}
 }
 
+// recompressed is img with its layers stored as other blobs (zstd): other
+// digests, the same diff_ids.
+func recompressed(img *manifest.Image) *manifest.Image {
+	c := *img
+	m := *img.Manifest
+	m.Layers = nil
+	for _, l := range img.Manifest.Layers {
+		m.Layers = append(m.Layers, v1.Descriptor{MediaType: types.OCILayerZStd, Digest: hash("zstd " + l.Digest.String()), Size: l.Size})
+	}
+	c.Manifest = &m
+	return &c
+}
+
 const nop = "/bin/sh -c #(nop) "
 
 // Histories as buildah 1.28 writes them (checked against real builds).
@@ -235,7 +248,11 @@ func TestDecide(t *testing.T) {
 		{name: "annotation, old base gone: history match", entries: perInstruction, nw: newBase,
 			baseEntries: 4, baseLayers: 2, reason: "matched ignoring content hashes and build IDs"},
 		{name: "annotation, old base not under the image", entries: perInstruction, nw: newBase, old: otherBase,
-			err: "is not built on reg/other:1"},
+			err: "is not built on reg/other:1: layer 1 differs: diff_id image sha256:"},
+		{name: "annotation, old base found recompressed (zstd): matched by diff_id", entries: perInstruction, nw: newBase, old: recompressed(oldBase),
+			baseEntries: 4, baseLayers: 2, oldDigest: true, reason: "still exists"},
+		{name: "label with its old base found by digest, recompressed: matched by diff_id", entries: perInstruction, labels: labelFrom, nw: newBase, old: recompressed(oldBase),
+			baseEntries: 4, baseLayers: 2, oldDigest: true, reason: "still exists"},
 		{name: "history, exact", entries: perInstruction, opts: Options{NewGiven: true}, nw: oldBase,
 			baseEntries: 4, baseLayers: 2, reason: "matched exactly"},
 		{name: "history, different instructions", entries: perInstruction, opts: Options{NewGiven: true}, nw: otherBase,
@@ -297,7 +314,7 @@ func TestDecide(t *testing.T) {
 			if tt.warning != "" && (len(d.Warnings) == 0 || !strings.Contains(d.Warnings[0].Message, tt.warning)) {
 				t.Errorf("warnings %v, want %q", d.Warnings, tt.warning)
 			}
-			if len(d.Old.Layers) != d.Layers || !rebase.HasLayerPrefix(img.Manifest.Layers, d.Old.Layers) {
+			if len(d.Old.Layers) != d.Layers || !rebase.HasDiffIDPrefix(img.Config.RootFS.DiffIDs, d.Old.Config.RootFS.DiffIDs) {
 				t.Errorf("old base layers %v are not the image's bottom %d", d.Old.Layers, d.Layers)
 			}
 			if !tt.oldDigest && (d.Old.Digest != v1.Hash{} || len(d.Old.Config.History) != d.Entries || len(d.Old.RawHistory) != d.Entries || len(d.Old.Config.RootFS.DiffIDs) != d.Layers) {

@@ -383,9 +383,12 @@ func TestLabelModeRoundTrips(t *testing.T) {
 	// ping; image manifest; image config; base:1 manifest; base:1 config.
 	check("up to date", 5, map[string]int{"ping": 1, "manifest": 2, "blob": 2}, "app:1")
 	reg.Push(t, "base:1", b2)
-	// ... base:1 config with the config upload opened; the layer mount,
-	// the config upload and the tag check; the manifest.
-	check("rebase", 7, map[string]int{"ping": 1, "manifest": 4, "blob": 2, "blob-upload": 3}, "app:1")
+	// ... base:1 config with the config upload opened; base:1 has moved
+	// and no annotation names the old base by digest: base's tags, the
+	// manifest of each other tag (base:old), the config of the one that
+	// holds the image's bottom layers (the old base); the layer mount, the
+	// config upload and the tag check; the manifest.
+	check("rebase", 10, map[string]int{"blob": 3, "blob-upload": 3, "manifest": 5, "ping": 1, "tags": 1}, "app:1")
 	check("--from-base", 5, map[string]int{"ping": 1, "manifest": 5, "blob": 3, "blob-upload": 3}, "app:2", "--from-base", "base:old", "--to-base", "base:1")
 }
 

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"slices"
 	"strings"
 	"time"
 
@@ -24,6 +25,7 @@ type gitopsFlags struct {
 	strict    bool
 	allowCopy bool
 	output    string
+	markers   []string
 	jobs      int
 	insecure  []string
 	verbose   bool
@@ -41,6 +43,12 @@ symbolic links skipped) and finds the image references marked with comments:
   repository: registry.example.com/group/app # {"$rebase": "app:name"}
   tag: 2.3.0                                 # {"$rebase": "app:tag"}
   image: registry.example.com/web:1.4        # {"$rebase": "web"}
+
+A digest kept in a field of its own (Kustomize's digest, a chart's
+image.digest) is marked ID:digest, a chart's separate registry field
+ID:registry. Markers inside Helm values given as a string (helm.values: |)
+are read too. --markers rebase,imagepolicy also reads Flux's
+{"$imagepolicy": ...} markers, with the same suffixes.
 
 Each marked image is rebased in place (without --from-base, onto the current
 image of the base it names; see docs/base-detection.md), and the tag field
@@ -78,6 +86,7 @@ See docs/gitops.md.`,
 	fl.BoolVar(&f.strict, "strict", false, "refuse a rebase whose plan has any warning (that image is not pinned)")
 	fl.BoolVar(&f.allowCopy, "allow-copy", false, "stream a layer registry to registry when the registry refuses to mount it")
 	fl.StringVarP(&f.output, "output", "o", "text", "output format: text or json")
+	fl.StringSliceVar(&f.markers, "markers", []string{"rebase"}, `the marker keys to read: rebase ({"$rebase": ...}), imagepolicy (Flux's {"$imagepolicy": ...}), or both`)
 	fl.IntVar(&f.jobs, "jobs", 8, "images rebased at the same time")
 	addConnectionFlags(cmd, &f.insecure, &f.verbose, &f.timeout)
 	return cmd
@@ -94,6 +103,10 @@ func runGitOps(ctx context.Context, f *gitopsFlags, paths []string, stdout, stde
 	case f.jobs < 1:
 		return usagef(fmt.Sprintf("--jobs %d: must be at least 1", f.jobs))
 	}
+	markers, err := markerKeys(f.markers)
+	if err != nil {
+		return usagef(err.Error())
+	}
 	ctx, cancel := context.WithTimeout(ctx, f.timeout)
 	defer cancel()
 	opts := registry.Options{Insecure: f.insecure}
@@ -106,7 +119,6 @@ func runGitOps(ctx context.Context, f *gitopsFlags, paths []string, stdout, stde
 		resolver = &gitops.Pinner{Parse: client.Parse}
 	} else {
 		r := &gitops.Rebaser{Parse: client.Parse, Label: f.label, DryRun: f.dryRun, Strict: f.strict, AllowCopy: f.allowCopy}
-		var err error
 		if f.fromBase != "" {
 			if r.From, err = client.Parse(f.fromBase, "", false); err != nil {
 				return usagef("--from-base: " + err.Error())
@@ -119,7 +131,7 @@ func runGitOps(ctx context.Context, f *gitopsFlags, paths []string, stdout, stde
 		}
 		resolver = r
 	}
-	rep, err := gitops.Run(ctx, paths, gitops.Options{Resolver: resolver, DryRun: f.dryRun, Jobs: f.jobs})
+	rep, err := gitops.Run(ctx, paths, gitops.Options{Resolver: resolver, DryRun: f.dryRun, Jobs: f.jobs, Markers: markers})
 	if err != nil {
 		return usagef(err.Error())
 	}
@@ -136,6 +148,29 @@ func runGitOps(ctx context.Context, f *gitopsFlags, paths []string, stdout, stde
 		return &gitopsError{msg: gitopsSummary(rep), err: err}
 	}
 	return nil
+}
+
+// markerKeys turns the --markers names into marker keys.
+func markerKeys(names []string) (gitops.Markers, error) {
+	var keys gitops.Markers
+	for _, n := range names {
+		var k string
+		switch strings.TrimSpace(n) {
+		case "rebase":
+			k = gitops.MarkerKey
+		case "imagepolicy":
+			k = gitops.ImagePolicyKey
+		default:
+			return nil, fmt.Errorf("invalid --markers %q: want rebase, imagepolicy, or both (rebase,imagepolicy)", n)
+		}
+		if !slices.Contains(keys, k) {
+			keys = append(keys, k)
+		}
+	}
+	if len(keys) == 0 {
+		return nil, fmt.Errorf("--markers is empty: want rebase, imagepolicy, or both")
+	}
+	return keys, nil
 }
 
 // gitopsError summarises a run with errors in one line; the errors it
@@ -189,7 +224,7 @@ func printGitOps(w io.Writer, rep *gitops.Report, dryRun bool) {
 			}
 		}
 		for _, im := range f.Images {
-			fmt.Fprintf(w, "  %s (line %d) %s: %s\n", im.ID, im.Line, im.Reference, describeImage(im, f.Status, dryRun))
+			fmt.Fprintf(w, "  %s (line %d) %s: %s\n", im.ID, im.Line, im.Reference, describeImage(im, len(f.Problems) > 0, dryRun))
 		}
 		if f.Diff != "" {
 			fmt.Fprint(w, f.Diff)
@@ -200,7 +235,9 @@ func printGitOps(w io.Writer, rep *gitops.Report, dryRun bool) {
 		map[bool]string{true: "would be updated", false: "updated"}[dryRun], counts[gitops.Unchanged], counts[gitops.Failed])
 }
 
-func describeImage(im *gitops.ImageReport, fileStatus string, dryRun bool) string {
+// describeImage says what became of an image; fileProblems tells that
+// the file was left untouched because of its own errors.
+func describeImage(im *gitops.ImageReport, fileProblems bool, dryRun bool) string {
 	if im.Error != "" {
 		return "error: " + oneLine(fmt.Errorf("%s", im.Error)) + "; not pinned"
 	}
@@ -218,7 +255,7 @@ func describeImage(im *gitops.ImageReport, fileStatus string, dryRun bool) strin
 		s = im.Action + " " + short(im.After)
 	}
 	switch {
-	case fileStatus == gitops.Failed && im.Action != "":
+	case fileProblems && im.Action != "":
 		return s + "; not pinned (the file was left untouched)"
 	case im.Changed && dryRun:
 		return s + "; would pin"

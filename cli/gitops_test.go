@@ -129,6 +129,7 @@ func TestGitOpsExitCodes(t *testing.T) {
 		{[]string{"gitops", dir, "--from-base", "x:1"}, 2, "--from-base needs --to-base"},
 		{[]string{"gitops", dir, "-o", "yaml"}, 2, "invalid --output"},
 		{[]string{"gitops", dir, "--to-base", "UPPER/x:1"}, 2, "--to-base"},
+		{[]string{"gitops", dir, "--markers", "flux"}, 2, `invalid --markers "flux": want rebase, imagepolicy, or both`},
 		{[]string{"gitops", dir, "--insecure", "--pin-only"}, 3, "1 image(s) not pinned"},
 	}
 	for _, tt := range tests {
@@ -136,5 +137,41 @@ func TestGitOpsExitCodes(t *testing.T) {
 		if code != tt.code || !strings.Contains(stderr, tt.want) || strings.Count(stderr, "\n") != 1 {
 			t.Errorf("%v: exit %d, stderr %q; want %d and %q in one line", tt.args, code, stderr, tt.code, tt.want)
 		}
+	}
+}
+
+// TestGitOpsFluxMarkers: --markers imagepolicy reads a Flux HelmRelease's
+// $imagepolicy markers (name, tag, digest); without it the file has no
+// markers. A file whose only image is missing is reported as failed, with
+// its image's error.
+func TestGitOpsFluxMarkers(t *testing.T) {
+	reg := startRegistry(t)
+	fixture(t, reg)
+	snap := reg.Snapshot(t)
+	dir := t.TempDir()
+	release := filepath.Join(dir, "release.yaml")
+	src := "apiVersion: helm.toolkit.fluxcd.io/v2\nkind: HelmRelease\nspec:\n  values:\n    image:\n" +
+		"      repository: " + reg.Host + "/app # {\"$imagepolicy\": \"flux-system:app:name\"}\n" +
+		"      tag: \"1\" # {\"$imagepolicy\": \"flux-system:app:tag\"}\n" +
+		"      digest: \"\" # {\"$imagepolicy\": \"flux-system:app:digest\"}\n"
+	if err := os.WriteFile(release, []byte(src), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	code, out, stderr := run(t, "gitops", dir, "--insecure", "--pin-only")
+	if code != 0 || !strings.Contains(out, "1 YAML file(s) scanned, 0 with markers") {
+		t.Fatalf("default markers: exit %d\n%s%s", code, out, stderr)
+	}
+	code, out, stderr = run(t, "gitops", dir, "--insecure", "--pin-only", "--markers", "rebase,imagepolicy")
+	got, _ := os.ReadFile(release)
+	want := strings.Replace(src, `digest: ""`, `digest: "`+snap["app:1"]+`"`, 1)
+	if code != 0 || string(got) != want || !strings.Contains(out, "flux-system:app (line 6) "+reg.Host+"/app:1: tag names "+snap["app:1"][:19]+"; pinned") {
+		t.Fatalf("imagepolicy: exit %d\n%s%s\n%s", code, out, stderr, got)
+	}
+
+	gone := filepath.Join(dir, "gone.yaml")
+	os.WriteFile(gone, []byte("image: "+reg.Host+"/nothere:1 # {\"$rebase\": \"x\"}\n"), 0o644)
+	code, out, _ = run(t, "gitops", gone, "--insecure", "--pin-only")
+	if code != 3 || !strings.Contains(out, gone+": left untouched because of errors\n  x (line 1) "+reg.Host+"/nothere:1: error: ") || !strings.Contains(out, "0 unchanged, 1 failed") {
+		t.Fatalf("missing image: exit %d\n%s", code, out)
 	}
 }

@@ -60,6 +60,7 @@ type rebaseFlags struct {
 	keepOtherPlatforms bool
 	keepAttestations   bool
 	checkSignatures    bool
+	keepLabel          bool
 }
 
 // NewCommand returns the root command: a single rebase, with the demo
@@ -135,11 +136,12 @@ func addRebaseFlags(cmd *cobra.Command, f *rebaseFlags) {
 	fl.StringVarP(&f.label, "label", "l", "", "the label that names the image's base (default FROM, used when present)")
 	fl.IntVar(&f.layers, "layers", 0, "keep the image's top N history entries (as docker history lists them, empty-layer ones included) and put --to-base under them")
 	fl.BoolVar(&f.strict, "strict", false, "refuse (exit 4, nothing written) when the plan has any warning")
-	fl.BoolVar(&f.allowCopy, "allow-copy", false, "stream a layer registry to registry when the registry refuses to mount it")
+	fl.BoolVar(&f.allowCopy, "allow-copy", false, "copy a layer the target registry cannot mount: stream it registry to registry, or upload it from a local layout or archive")
 	fl.StringVar(&f.backupTag, "backup-tag", "", "before moving a tag, tag the image it named with this template ({tag} is the tag), e.g. {tag}-prev")
 	fl.StringArrayVar(&f.platforms, "platform", nil, "rebase only this platform of an index (os/arch[/variant]; repeatable)")
 	fl.BoolVar(&f.keepOtherPlatforms, "keep-other-platforms", false, "keep the platforms --platform leaves out unchanged in the new index")
-	fl.BoolVar(&f.keepAttestations, "keep-attestations", false, "keep an index's attestation manifests (they describe the old images)")
+	fl.BoolVar(&f.keepAttestations, "keep-attestations", false, "keep the attestation manifests of the images the rebase replaces, detached from them (they describe the old images)")
+	fl.BoolVar(&f.keepLabel, "keep-label", false, "keep the label that names the base (FROM) when the rebase moves the image off that base; by default it is set to --to-base")
 }
 
 // addConnectionFlags adds the flags every registry-facing command shares.
@@ -297,6 +299,7 @@ func buildRequest(refs *locate.Resolver, image string, f *rebaseFlags) (engine.R
 	}
 	req.DryRun, req.Force, req.AllowCopy, req.Strict = f.dryRun || f.check, f.force, f.allowCopy, f.strict
 	req.KeepOtherPlatforms, req.KeepAttestations = f.keepOtherPlatforms, f.keepAttestations
+	req.ToName, req.KeepLabel = f.toBase, f.keepLabel
 	req.CheckSignatures = f.checkSignatures || f.verbose
 	if f.backupTag != "" {
 		if req.Image.Tag == "" {

@@ -159,3 +159,33 @@ func TestScanByAnnotationAndLabel(t *testing.T) {
 		t.Errorf("after the batch:\n%s", out)
 	}
 }
+
+// TestScanMatchesRecompressedImagesByContent: images whose base layers are
+// stored as other blobs (built on zstd copies of the bases) are found on
+// their base by diff_id, and judged against the current base by content.
+func TestScanMatchesRecompressedImagesByContent(t *testing.T) {
+	reg := regtest.Start(t)
+	base := func(v string, c testimage.Compression) v1.Image {
+		img, err := testimage.Build(nil, testimage.Linux, testimage.Copy("COPY", map[string]string{"os": v}).Compressed(c), testimage.Env("V="+v))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return img
+	}
+	reg.Push(t, "base:1", base("1", testimage.Gzip))
+	reg.Push(t, "base:2", base("2", testimage.Gzip))
+	reg.Push(t, "zapp:1", image(t, base("1", testimage.Zstd), "amd64", "APP=1", map[string]string{"app": "1"}))
+	reg.Push(t, "zfresh:1", image(t, base("2", testimage.Zstd), "amd64", "APP=1", map[string]string{"app": "1"}))
+
+	code, out, stderr := run(t, "scan", "http://"+reg.Host, "--base", "base:2", "-o", "json")
+	if code != 0 {
+		t.Fatalf("exit %d: %s", code, stderr)
+	}
+	got := scanJSON(t, out)
+	if s := got["zapp:1"]; !s.Stale || s.Method != "layers" || !strings.HasSuffix(s.Base, "/base:1") {
+		t.Errorf("zapp:1: %+v, want stale on base:1 found by layers", s)
+	}
+	if s, ok := got["zfresh:1"]; !ok || s.Stale || s.Method != "layers" || !strings.HasSuffix(s.Base, "/base:2") {
+		t.Errorf("zfresh:1: %+v, want up to date on base:2", s)
+	}
+}

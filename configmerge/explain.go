@@ -28,6 +28,12 @@ const (
 	// DecisionKept: the image set the value itself; it stays although the
 	// base's value changed.
 	DecisionKept = "kept"
+	// DecisionRewritten: a history entry's text, recorded as a rebuild on
+	// the new base would (Field "History", Key the entry's number).
+	DecisionRewritten = "rewritten"
+	// DecisionNamesNewBase: the label that names the base now names the
+	// new one.
+	DecisionNamesNewBase = "names-new-base"
 )
 
 // Change is one decision of the merge, for --dry-run and -v.
@@ -67,6 +73,10 @@ func (c Change) String() string {
 		return fmt.Sprintf("%s: %s, base part %s → %s", name, c.Detail, orNone(c.BaseFrom), orNone(c.BaseTo))
 	case DecisionReevaluated:
 		return fmt.Sprintf("%s: %s re-evaluated, %s → %s", name, c.Source, orNone(c.From), orNone(c.To))
+	case DecisionRewritten:
+		return fmt.Sprintf("%s: recorded as a rebuild on the new base would, %q → %q", name, c.From, c.To)
+	case DecisionNamesNewBase:
+		return fmt.Sprintf("%s: names the new base, as a rebuild's Dockerfile would, %s → %s (--keep-label keeps it)", name, orNone(c.From), orNone(c.To))
 	case DecisionKept:
 		by := "set by the image"
 		if c.Source != "" {

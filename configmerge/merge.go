@@ -29,6 +29,10 @@ type Input struct {
 	// the old base's. Nil when they are not known: then nothing is
 	// replayed.
 	History []v1.History
+	// BaseLabel is the label that names the base (LABEL FROM=base:1): its
+	// value is a reference, not a value taken from the base, so it is not
+	// checked for embedded old base values.
+	BaseLabel string
 }
 
 // Warning codes: stable identifiers of the hazards, documented in
@@ -66,6 +70,22 @@ type Result struct {
 	Kept []Change
 	// Warnings lists hazards.
 	Warnings []Warning
+	// History lists the application's history entries whose text a
+	// rebuild on the new base would record differently (an ENV recorded
+	// expanded with the old base's value inside, a WORKDIR resolved
+	// against the old base's): the entries of Input.History to rewrite.
+	History []HistoryEdit
+}
+
+// HistoryEdit is a history entry to rewrite.
+type HistoryEdit struct {
+	// Entry is the entry's index in Input.History.
+	Entry int `json:"entry"`
+	// CreatedBy is the text a rebuild on the new base would record.
+	CreatedBy string `json:"createdBy"`
+	// key and value are the config value the new text records; the edit
+	// holds only when the merged config has that value.
+	key, value string
 }
 
 // Warning is a hazard the merge cannot resolve with certainty.
@@ -91,6 +111,8 @@ type outcome struct {
 	// that set them ("" when inferred from the values).
 	setBy    map[string]string
 	warnings []keyedWarning
+	// baseLabel is the label that names the base (see Input.BaseLabel).
+	baseLabel string
 }
 
 func (o *outcome) warn(key, code, format string, args ...any) {
@@ -103,18 +125,25 @@ func Merge(in Input) (*Result, error) {
 	if in.Old == nil || in.App == nil || in.New == nil {
 		return nil, fmt.Errorf("configmerge: old, app and new configs are all required")
 	}
-	merged := threeWay(in.Old, in.App, in.New)
-	out := merged
 	style := StyleUnknown
 	var instrs []instruction
 	if in.History != nil {
 		instrs, style = parseHistory(in.History)
 	}
+	entrypointSet := slices.ContainsFunc(instrs, func(in instruction) bool { return in.cmd == "ENTRYPOINT" })
+	merged := threeWay(in.Old, in.App, in.New, in.BaseLabel, entrypointSet)
+	out := merged
+	var edits []HistoryEdit
 	if style != StyleUnknown {
-		rp := replay(instrs, in.Old, in.New)
+		rp := replay(instrs, in.Old, in.New, in.BaseLabel)
 		out = combine(in.App, merged, rp)
+		for _, e := range rp.edits {
+			if valueOf(out.cfg, e.key) == e.value {
+				edits = append(edits, e)
+			}
+		}
 	}
-	r := &Result{Config: out.cfg, Author: out.author, Style: style}
+	r := &Result{Config: out.cfg, Author: out.author, Style: style, History: edits}
 	r.Changes, r.Kept = explain(in.Old, in.App, in.New, out)
 	seen := map[Warning]bool{}
 	for _, kw := range out.warnings {
@@ -321,4 +350,15 @@ func deepCopy(c v1.Config) *v1.Config {
 	out.ExposedPorts = maps.Clone(c.ExposedPorts)
 	out.Healthcheck = cloneHealth(c.Healthcheck)
 	return &out
+}
+
+// valueOf returns the value of key ("Env:NAME", "WorkingDir") in c.
+func valueOf(c v1.Config, key string) string {
+	if name, ok := strings.CutPrefix(key, "Env:"); ok {
+		return envMap(c.Env)[name]
+	}
+	if key == "WorkingDir" {
+		return c.WorkingDir
+	}
+	return ""
 }

@@ -155,6 +155,34 @@ func TestMerge(t *testing.T) {
 			warn:  []string{CodeOldValueEmbedded, CodeWorkdirMoved},
 		},
 		{
+			name: "three-way without history: an entrypoint set by a tool (crane, umoci) leaves the inherited CMD to follow the base",
+			old:  baseV1, nw: baseV2,
+			app: appOn(baseV1, func(c *v1.Config) {
+				c.Entrypoint = []string{"/app"}
+			}),
+			hist:  []v1.History{{CreatedBy: "umoci config"}},
+			style: StyleUnknown,
+			want: func(t *testing.T, r *Result) {
+				if !slices.Equal(r.Config.Cmd, []string{"/bin/bash"}) || !slices.Equal(r.Config.Entrypoint, []string{"/app"}) {
+					t.Errorf("cmd %q entrypoint %q, want the new base's CMD and the image's entrypoint", r.Config.Cmd, r.Config.Entrypoint)
+				}
+			},
+		},
+		{
+			name: "three-way with an ENTRYPOINT in the history: the inherited CMD was reset, the image's stays",
+			old:  baseV1, nw: baseV2,
+			app: appOn(baseV1, func(c *v1.Config) {
+				c.Entrypoint = []string{"/app"}
+			}),
+			hist:  []v1.History{{CreatedBy: "umoci config"}, nop(`ENTRYPOINT ["/app"]`), nop(`CMD ["/bin/sh"]`)},
+			style: StyleUnknown,
+			want: func(t *testing.T, r *Result) {
+				if !slices.Equal(r.Config.Cmd, []string{"/bin/sh"}) {
+					t.Errorf("cmd %q, want the image's", r.Config.Cmd)
+				}
+			},
+		},
+		{
 			name: "as-written history: instructions replayed on the new base",
 			old:  baseV1, nw: baseV2,
 			app: appOn(baseV1, func(c *v1.Config) {
@@ -289,12 +317,28 @@ func TestMerge(t *testing.T) {
 				if !slices.Contains(r.Config.Env, "GREETING=from 1") || !slices.Contains(r.Config.Env, "PATH=/app/bin:/opt/new/bin:/usr/bin:/bin") {
 					t.Errorf("env = %q", r.Config.Env)
 				}
-				if !slices.Equal(r.Config.Cmd, []string{"/bin/sh"}) || r.Config.WorkingDir != "/srv/app" || !sameSet(r.Config.ExposedPorts, ports("80/tcp", "8443/tcp", "9000/tcp")) {
+				// WORKDIR /srv/app lies under the old base's /srv: taken
+				// as relative, it follows the new base's /srv2.
+				if !slices.Equal(r.Config.Cmd, []string{"/bin/sh"}) || r.Config.WorkingDir != "/srv2/app" || !sameSet(r.Config.ExposedPorts, ports("80/tcp", "8443/tcp", "9000/tcp")) {
 					t.Errorf("config = %+v", r.Config)
+				}
+				// The history records what a rebuild would: the new values.
+				want := []HistoryEdit{
+					{Entry: 0, CreatedBy: "ENV GREETING=from 1 PATH=/app/bin:/opt/new/bin:/usr/bin:/bin"},
+					{Entry: 1, CreatedBy: "WORKDIR /srv2/app"},
+				}
+				if len(r.History) != len(want) {
+					t.Fatalf("history edits %+v, want %+v", r.History, want)
+				}
+				for i, e := range r.History {
+					if e.Entry != want[i].Entry || e.CreatedBy != want[i].CreatedBy {
+						t.Errorf("history edit %d = %+v, want %+v", i, e, want[i])
+					}
 				}
 			},
 			changes: []string{"Env PATH: app prefix kept, base part /usr/local/bin:/usr/bin:/bin → /opt/new/bin:/usr/bin:/bin"},
-			warn:    []string{CodeOldValueEmbedded, CodeWorkdirMoved},
+			// The WORKDIR itself, and the RUN that ran there.
+			warn: []string{CodeOldValueEmbedded, CodeWorkdirMoved, CodeWorkdirMoved},
 		},
 		{
 			name: "onbuild triggers of the new base are not inherited, and their change is a hazard; author follows the base",
@@ -514,7 +558,9 @@ func TestEmbeddedValueNamesTheLongestOldValue(t *testing.T) {
 	for _, tc := range []struct {
 		s, sub string
 		want   bool
-	}{{"from 1", "1", true}, {"1.5", "1", false}, {"/opt/java/17/bin", "/opt/java/17", true}, {"v10", "1", false}, {"a 1", "1", true}} {
+	}{{"from 1", "1", true}, {"1.5", "1", false}, {"/opt/java/17/bin", "/opt/java/17", true}, {"v10", "1", false}, {"a 1", "1", true},
+		// ${BASEVER}-x as BuildKit records it.
+		{"1-x", "1", true}, {"x-1", "1", true}, {"v1", "1", false}, {"1_x", "1", false}} {
 		if got := containsWord(tc.s, tc.sub); got != tc.want {
 			t.Errorf("containsWord(%q, %q) = %v", tc.s, tc.sub, got)
 		}

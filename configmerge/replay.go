@@ -531,6 +531,10 @@ func copyDest(in instruction) string {
 type replayed struct {
 	o, n     *replayState
 	warnings []keyedWarning
+	// edits are the history entries whose text changes on the new base.
+	edits []HistoryEdit
+	// baseLabel is the label that names the base (see Input.BaseLabel).
+	baseLabel string
 }
 
 func (r *replayed) warn(key, code, format string, args ...any) {
@@ -540,13 +544,17 @@ func (r *replayed) warn(key, code, format string, args ...any) {
 // replay evaluates the instructions on the old base and on the new one, in
 // lockstep, comparing the two where a step's effect on the files depends on
 // the base.
-func replay(instrs []instruction, old, nw *v1.ConfigFile) *replayed {
-	r := &replayed{o: newReplayState(old), n: newReplayState(nw)}
+func replay(instrs []instruction, old, nw *v1.ConfigFile, baseLabel string) *replayed {
+	r := &replayed{o: newReplayState(old), n: newReplayState(nw), baseLabel: baseLabel}
 	for i, in := range instrs {
 		r.hazards(in)
 		oEnv, nEnv := envMap(r.o.cfg.Env), envMap(r.n.cfg.Env)
+		ow, nwd := r.o.cfg.WorkingDir, r.n.cfg.WorkingDir
 		r.o.apply(in)
 		r.n.apply(in)
+		if in.expanded && in.cmd == "WORKDIR" {
+			r.reconcileWorkdir(i, in, ow, nwd)
+		}
 		if in.cmd == "ARG" {
 			// A later RUN may record the values of arguments the ARG entry
 			// does not.
@@ -556,7 +564,7 @@ func replay(instrs []instruction, old, nw *v1.ConfigFile) *replayed {
 			}
 		}
 		if in.expanded && (in.cmd == "ENV" || in.cmd == "LABEL") {
-			r.reconcileExpanded(in, oEnv, nEnv)
+			r.reconcileExpanded(i, in, oEnv, nEnv)
 		}
 	}
 	return r
@@ -579,8 +587,8 @@ func (r *replayed) hazards(in instruction) {
 				p, ow, nw, path.Join(ow, p), path.Join(nw, p))
 		}
 		if in.expanded && ow != nw && ow != "/" && strings.HasPrefix(p, ow+"/") {
-			r.warn("WorkingDir", CodeWorkdirMoved, "WORKDIR %s lies under the old base's working directory %s (the new base's is %s) and may have been given relative; the history records it expanded, so it is kept",
-				p, ow, nw)
+			r.warn("WorkingDir", CodeWorkdirMoved, "WORKDIR %s lies under the old base's working directory %s: it is taken as given relative to it, as %s under the new base's %s (the history records it resolved, so an absolute WORKDIR %s cannot be told apart); what the application put there sits under the old path",
+				p, ow, path.Join(nw, strings.TrimPrefix(p, ow+"/")), nw, p)
 		}
 	case "RUN":
 		if ow != nw {
@@ -596,13 +604,16 @@ func (r *replayed) hazards(in instruction) {
 
 // reconcileExpanded rewrites, in the new base's replay, values that an
 // expanding builder recorded with the old base's values inside.
-func (r *replayed) reconcileExpanded(in instruction, oEnv, nEnv map[string]string) {
+func (r *replayed) reconcileExpanded(entry int, in instruction, oEnv, nEnv map[string]string) {
 	ps, err := pairs(in)
 	if err != nil {
 		return
 	}
 	for _, p := range ps {
 		if in.cmd == "LABEL" {
+			if p.key == r.baseLabel {
+				continue
+			}
 			if j, ov, ok := embedsChanged(p.value, "", oEnv, nEnv); ok {
 				r.warn("Labels:"+p.key, CodeOldValueEmbedded, "LABEL %s=%s contains %q, the old base's value of %s (new base: %q); the history records it expanded, so it is kept", p.key, p.value, ov, j, nEnv[j])
 			}
@@ -615,6 +626,7 @@ func (r *replayed) reconcileExpanded(in instruction, oEnv, nEnv map[string]strin
 			if nvv, ok := rebasePart(v, ov, nv); ok {
 				v, skip = nvv, p.key
 				r.n.setEnv(p.key, v)
+				r.edit(entry, in, p.key+"="+p.value, p.key+"="+v, "Env:"+p.key, v)
 			}
 		}
 		if inO && ov != nv && v == ov && ov != "" {
@@ -632,4 +644,41 @@ func clip(s string) string {
 		return s[:57] + "..."
 	}
 	return s
+}
+
+// reconcileWorkdir resolves, in the new base's replay, a WORKDIR that an
+// expanding builder recorded resolved against the old base's working
+// directory ow: taken as relative, it moves under the new base's nw (the
+// hazard is reported by hazards).
+func (r *replayed) reconcileWorkdir(entry int, in instruction, ow, nw string) {
+	p := strings.TrimSpace(in.args)
+	if ow == "" || ow == "/" || ow == nw || !strings.HasPrefix(p, ow+"/") || r.n.isUnknown("WorkingDir") {
+		return
+	}
+	if nw == "" {
+		nw = "/"
+	}
+	np := path.Join(nw, strings.TrimPrefix(p, ow+"/"))
+	r.n.cfg.WorkingDir = np
+	r.edit(entry, in, "WORKDIR "+p, "WORKDIR "+np, "WorkingDir", np)
+}
+
+// edit records that entry's text becomes what a rebuild would record: from
+// replaced by to, for the config value key=value.
+func (r *replayed) edit(entry int, in instruction, from, to, key, value string) {
+	text := in.text
+	if i := strings.Index(text, from); i >= 0 {
+		text = text[:i] + to + text[i+len(from):]
+	} else {
+		return
+	}
+	for i, e := range r.edits {
+		if e.Entry == entry {
+			// Another value of the same instruction.
+			r.edits[i].CreatedBy = strings.Replace(e.CreatedBy, from, to, 1)
+			r.edits[i].key, r.edits[i].value = key, value
+			return
+		}
+	}
+	r.edits = append(r.edits, HistoryEdit{Entry: entry, CreatedBy: text, key: key, value: value})
 }

@@ -10,12 +10,16 @@ import (
 
 // threeWay merges without history: a value equal to the old base's was
 // inherited and follows the new base; any other is the application's own.
-func threeWay(old, app, nw *v1.ConfigFile) *outcome {
+// baseLabel is the label that names the base, whose value is not checked
+// for embedded old base values. entrypointSet tells that the application's
+// history records an ENTRYPOINT instruction, which resets the inherited CMD
+// (a Dockerfile rule: a tool that sets the entrypoint keeps the CMD).
+func threeWay(old, app, nw *v1.ConfigFile, baseLabel string, entrypointSet bool) *outcome {
 	o, a, n := old.Config, app.Config, nw.Config
-	out := &outcome{cfg: *deepCopy(a), setBy: map[string]string{}}
+	out := &outcome{cfg: *deepCopy(a), setBy: map[string]string{}, baseLabel: baseLabel}
 	out.cfg.Env = out.env(o.Env, a.Env, n.Env)
 	out.cfg.Labels = out.labels(o.Labels, a.Labels, n.Labels, envMap(o.Env), envMap(n.Env))
-	out.cfg.Entrypoint, out.cfg.Cmd = out.command(o, a, n)
+	out.cfg.Entrypoint, out.cfg.Cmd = out.command(o, a, n, entrypointSet)
 	out.cfg.WorkingDir = out.scalar("WorkingDir", o.WorkingDir, a.WorkingDir, n.WorkingDir)
 	out.workdirHazard(o.WorkingDir, a.WorkingDir, n.WorkingDir)
 	out.cfg.User = out.scalar("User", o.User, a.User, n.User)
@@ -55,12 +59,14 @@ func (m *outcome) list(key string, o, a, n []string) []string {
 	return slices.Clone(n)
 }
 
-// command applies Dockerfile semantics: an ENTRYPOINT set by the
+// command applies Dockerfile semantics where the history shows an
+// ENTRYPOINT instruction (entrypointSet): an ENTRYPOINT set by the
 // application resets the inherited CMD, so that CMD stays the application's
-// (empty or its own); only an untouched pair follows N.
-func (m *outcome) command(o, a, n v1.Config) (entrypoint, cmd []string) {
+// (empty or its own); only an untouched pair follows N. Without it, CMD is
+// merged on its own.
+func (m *outcome) command(o, a, n v1.Config, entrypointSet bool) (entrypoint, cmd []string) {
 	entrypoint = m.list("Entrypoint", o.Entrypoint, a.Entrypoint, n.Entrypoint)
-	if !sameList(a.Entrypoint, o.Entrypoint) {
+	if entrypointSet && !sameList(a.Entrypoint, o.Entrypoint) {
 		m.setBy["Cmd"] = ""
 		return entrypoint, slices.Clone(a.Cmd)
 	}
@@ -152,7 +158,7 @@ func (m *outcome) labels(o, a, n map[string]string, oEnv, nEnv map[string]string
 		default:
 			m.setBy["Labels:"+k] = ""
 			out[k] = av
-			if j, jv, ok := embedsChanged(av, "", oEnv, nEnv); ok {
+			if j, jv, ok := embedsChanged(av, "", oEnv, nEnv); ok && k != m.baseLabel {
 				m.warn("Labels:"+k, CodeOldValueEmbedded, "the image's label %s=%s contains %q, the old base's value of %s (new base: %q); it is kept as is", k, av, jv, j, nEnv[j])
 			}
 		}
@@ -222,8 +228,8 @@ func embedsChanged(v, skip string, oEnv, nEnv map[string]string) (string, string
 }
 
 // containsWord reports whether s contains sub as a whole word: no letter,
-// digit, '.', '_' or '-' right before or after it ("from 1" contains 1,
-// "1.5" does not).
+// digit, '.' or '_' right before or after it ("from 1" and "1-x" contain
+// 1, "1.5" and "v1" do not).
 func containsWord(s, sub string) bool {
 	for i := 0; ; {
 		j := strings.Index(s[i:], sub)
@@ -239,5 +245,5 @@ func containsWord(s, sub string) bool {
 }
 
 func isAlnum(c byte) bool {
-	return c >= '0' && c <= '9' || c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c == '.' || c == '_' || c == '-'
+	return c >= '0' && c <= '9' || c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c == '.' || c == '_'
 }

@@ -14,9 +14,10 @@ import (
 
 // TestGitOpsPinsRebasedImagesInAGitTree runs image-rebase gitops on a Git
 // working tree of deployment files naming a buildah image in docker-registry
-// (TLS, basic auth): the dry run prints the diff and writes nothing; the run
-// rebases the image, and git sees one changed line per marked value; the
-// pinned digest is the rebased image, on base 2.
+// (TLS, basic auth), one of them a Kustomize images entry with its digest
+// apart and Flux markers: the dry run prints the diff and writes nothing;
+// the run rebases the image, and git sees one changed line per marked
+// value; the pinned digest is the rebased image, on base 2.
 func TestGitOpsPinsRebasedImagesInAGitTree(t *testing.T) {
 	need(t, "buildah", "skopeo", "umoci", "docker-registry", "git")
 	r := startRegistry(t)
@@ -34,10 +35,17 @@ func TestGitOpsPinsRebasedImagesInAGitTree(t *testing.T) {
 		"  pullPolicy: IfNotPresent\n  tag: \"2.3.0\" # {\"$rebase\": \"api:tag\"}\nresources: {}\n"
 	release := "apiVersion: helm.toolkit.fluxcd.io/v2\r\nkind: HelmRelease\r\nmetadata:\r\n  name: shop\r\nspec:\r\n  values:\r\n" +
 		"    image: " + r.Host + "/shop/api:2.3.0@" + "sha256:" + strings.Repeat("0", 64) + " # {\"$rebase\": \"api\"}\r\n"
+	// A Kustomize images entry with its digest apart, marked for Flux
+	// (the name field is Kustomize's own, marked for image-rebase only).
+	oldDigest := "sha256:" + strings.Repeat("1", 64)
+	kustomization := "images:\n  - name: " + r.Host + "/shop/api # {\"$rebase\": \"flux-system:api:name\"}\n" +
+		"    newTag: 2.3.0 # {\"$imagepolicy\": \"flux-system:api:tag\"}\n" +
+		"    digest: " + oldDigest + " # {\"$imagepolicy\": \"flux-system:api:digest\"}\n"
 	os.MkdirAll(filepath.Join(repo, "charts/shop"), 0o755)
 	os.MkdirAll(filepath.Join(repo, "clusters/prod"), 0o755)
 	write(t, filepath.Join(repo, "charts/shop/values.yaml"), []byte(values))
 	write(t, filepath.Join(repo, "clusters/prod/shop.yaml"), []byte(release))
+	write(t, filepath.Join(repo, "clusters/prod/kustomization.yaml"), []byte(kustomization))
 	git := func(args ...string) string {
 		return run(t, "git", append([]string{"-C", repo, "-c", "user.name=ci", "-c", "user.email=ci@example.com", "-c", "core.autocrlf=false"}, args...)...)
 	}
@@ -59,7 +67,7 @@ func TestGitOpsPinsRebasedImagesInAGitTree(t *testing.T) {
 		}
 		return cmd.ProcessState.ExitCode(), o.String(), e.String()
 	}
-	code, out, stderr := cmdOut("gitops", ".", "--from-base", r.Host+"/base:1", "--to-base", r.Host+"/base:2", "--dry-run")
+	code, out, stderr := cmdOut("gitops", ".", "--from-base", r.Host+"/base:1", "--to-base", r.Host+"/base:2", "--markers", "rebase,imagepolicy", "--dry-run")
 	if code != 0 || !strings.Contains(out, "--- a/charts/shop/values.yaml\n+++ b/charts/shop/values.yaml\n") || !strings.Contains(out, "would rebase") {
 		t.Fatalf("dry run: exit %d\n%s%s", code, out, stderr)
 	}
@@ -68,7 +76,7 @@ func TestGitOpsPinsRebasedImagesInAGitTree(t *testing.T) {
 	}
 	patch := out[strings.Index(out, "--- a/"):]
 
-	code, out, stderr = cmdOut("gitops", ".", "--from-base", r.Host+"/base:1", "--to-base", r.Host+"/base:2")
+	code, out, stderr = cmdOut("gitops", ".", "--from-base", r.Host+"/base:1", "--to-base", r.Host+"/base:2", "--markers", "rebase,imagepolicy")
 	if code != 0 {
 		t.Fatalf("exit %d\n%s%s", code, out, stderr)
 	}
@@ -80,7 +88,7 @@ func TestGitOpsPinsRebasedImagesInAGitTree(t *testing.T) {
 		t.Errorf("output:\n%s", out)
 	}
 	// A minimal diff: one line per marked value, nothing else.
-	if got := git("diff", "--numstat"); got != "1\t1\tcharts/shop/values.yaml\n1\t1\tclusters/prod/shop.yaml\n" {
+	if got := git("diff", "--numstat"); got != "1\t1\tcharts/shop/values.yaml\n1\t1\tclusters/prod/kustomization.yaml\n1\t1\tclusters/prod/shop.yaml\n" {
 		t.Fatalf("git diff --numstat:\n%s", got)
 	}
 	if got, want := readFile(t, filepath.Join(repo, "charts/shop/values.yaml")), strings.Replace(values, `tag: "2.3.0"`, `tag: "2.3.0@`+after+`"`, 1); got != want {
@@ -88,6 +96,10 @@ func TestGitOpsPinsRebasedImagesInAGitTree(t *testing.T) {
 	}
 	if got, want := readFile(t, filepath.Join(repo, "clusters/prod/shop.yaml")), strings.Replace(release, "sha256:"+strings.Repeat("0", 64), after, 1); got != want {
 		t.Errorf("shop.yaml:\n%q", got)
+	}
+	// The digest goes into its own field; Kustomize renders NAME:TAG@DIGEST.
+	if got, want := readFile(t, filepath.Join(repo, "clusters/prod/kustomization.yaml")), strings.Replace(kustomization, oldDigest, after, 1); got != want {
+		t.Errorf("kustomization.yaml:\n%s", got)
 	}
 	// The dry run's diff for values.yaml is what git shows now (the
 	// would-be digest was the real one).
@@ -107,7 +119,7 @@ func TestGitOpsPinsRebasedImagesInAGitTree(t *testing.T) {
 
 	// Again: nothing to do, nothing written.
 	git("commit", "-q", "-am", "pin")
-	code, out, stderr = cmdOut("gitops", ".", "--from-base", r.Host+"/base:1", "--to-base", r.Host+"/base:2")
+	code, out, stderr = cmdOut("gitops", ".", "--from-base", r.Host+"/base:1", "--to-base", r.Host+"/base:2", "--markers", "rebase,imagepolicy")
 	if code != 0 || git("status", "--porcelain") != "" || !strings.Contains(out, "already pinned") {
 		t.Fatalf("second run: exit %d\n%s%s", code, out, stderr)
 	}

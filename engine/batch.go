@@ -3,6 +3,7 @@ package engine
 import (
 	"context"
 	"errors"
+	"slices"
 	"sync"
 	"time"
 
@@ -41,6 +42,13 @@ type Shared struct {
 	mu      sync.Mutex
 	docs    map[string]*docEntry
 	present map[string]*blobEntry // "target repo@digest"
+	tags    map[string]*tagsEntry // repository name
+}
+
+type tagsEntry struct {
+	done chan struct{}
+	tags []string
+	err  error
 }
 
 type docEntry struct {
@@ -56,7 +64,7 @@ type blobEntry struct {
 
 // NewShared returns an empty Shared that re-reads every tag (RecheckAfter 0).
 func NewShared() *Shared {
-	return &Shared{docs: map[string]*docEntry{}, present: map[string]*blobEntry{}}
+	return &Shared{docs: map[string]*docEntry{}, present: map[string]*blobEntry{}, tags: map[string]*tagsEntry{}}
 }
 
 // Rebase is engine.Rebase for one image of a batch: the same request rounds,
@@ -224,6 +232,37 @@ func (r *run) base(ctx context.Context, loc Location) (*doc, error) {
 		return fetchDoc(ctx, loc)
 	}
 	return r.shared.doc(ctx, loc)
+}
+
+// listTags lists a repository's tags: once for the batch within a run.
+func (r *run) listTags(ctx context.Context, l TagLister, repo string) ([]string, error) {
+	if r == nil {
+		return l.Tags(ctx)
+	}
+	s := r.shared
+	s.mu.Lock()
+	e, ok := s.tags[repo]
+	if !ok {
+		e = &tagsEntry{done: make(chan struct{})}
+		s.tags[repo] = e
+	}
+	s.mu.Unlock()
+	if !ok {
+		e.tags, e.err = l.Tags(ctx)
+		if e.err != nil {
+			// Not kept: the next image asks again.
+			s.mu.Lock()
+			delete(s.tags, repo)
+			s.mu.Unlock()
+		}
+		close(e.done)
+	}
+	select {
+	case <-e.done:
+		return slices.Clone(e.tags), e.err
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
 }
 
 // transfer makes g's blobs available in target.

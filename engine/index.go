@@ -7,11 +7,13 @@ import (
 	"errors"
 	"fmt"
 	"maps"
+	"slices"
 	"strings"
 	"sync"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 
+	"github.com/image-rebase/image-rebase/basedetect"
 	"github.com/image-rebase/image-rebase/manifest"
 	"github.com/image-rebase/image-rebase/platform"
 	"github.com/image-rebase/image-rebase/rebase"
@@ -23,6 +25,9 @@ type platformWork struct {
 	desc v1.Descriptor
 	name string
 	plan *rebase.Plan
+	// detection says how the platform's old base was found, in automatic
+	// mode.
+	detection *basedetect.Decision
 }
 
 // rebaseIndex rebases each platform image of an index onto the matching
@@ -37,7 +42,43 @@ func rebaseIndex(ctx context.Context, req Request, target WritableRepo, img, fro
 // rebaseIndexIn is rebaseIndex within a batch run (nil for a single rebase):
 // the bases' platform images come from the run's cache.
 func rebaseIndexIn(ctx context.Context, req Request, target WritableRepo, img, from, to *doc, r *run) (*Result, error) {
-	res := &Result{Image: req.Image.String(), Target: req.Target.String(), Before: img.desc.Digest, Warnings: []rebase.Warning{}}
+	work, err := indexWork(req, img)
+	if err != nil {
+		return nil, err
+	}
+	var cache imageCache
+	bases := r.bases()
+	err = eachPlatform(work, func(w *platformWork) error {
+		// The index says the platform: the bases' images are fetched
+		// alongside the image's, not after it.
+		p := *w.desc.Platform
+		var app, old, nw *manifest.Image
+		var aerr, oerr, nerr error
+		var inner sync.WaitGroup
+		inner.Go(func() {
+			app, aerr = cache.get(ctx, req.Image.Repo, w.desc.Digest, fmt.Sprintf("%s [%s]", req.Image, w.name))
+		})
+		inner.Go(func() { old, oerr = bases.forPlatform(ctx, from, p) })
+		inner.Go(func() { nw, nerr = bases.forPlatform(ctx, to, p) })
+		inner.Wait()
+		if err := firstError(aerr, oerr, nerr); err != nil {
+			return err
+		}
+		var err error
+		if w.plan, err = explicitPlan(req, app, old, nw); err != nil {
+			return fmt.Errorf("platform %s: %w", w.name, err)
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	return finishIndex(ctx, req, target, img, rebase.BaseRef{Ref: from.loc.String(), Digest: from.desc.Digest}, to, work, r)
+}
+
+// indexWork lists the platform images of an index that the request
+// rebases, refusing what it cannot do.
+func indexWork(req Request, img *doc) ([]*platformWork, error) {
 	var work []*platformWork
 	var skipped []string
 	for i, d := range img.index.Manifests {
@@ -60,43 +101,25 @@ func rebaseIndexIn(ctx context.Context, req Request, target WritableRepo, img, f
 	if len(skipped) > 0 && !req.KeepOtherPlatforms {
 		return nil, &rebase.RefusedError{Reason: fmt.Sprintf("--platform leaves %s of %s unrebased; pass --keep-other-platforms to keep them unchanged in the new index", strings.Join(skipped, ", "), req.Image)}
 	}
+	return work, nil
+}
 
-	var cache imageCache
-	bases := &cache
-	if r != nil {
-		bases = r.bases()
-	}
+// eachPlatform runs plan for every platform concurrently and returns the
+// first failure.
+func eachPlatform(work []*platformWork, plan func(w *platformWork) error) error {
 	errs := make([]error, len(work))
 	var wg sync.WaitGroup
 	for i, w := range work {
-		wg.Go(func() {
-			// The index says the platform: the bases' images are fetched
-			// alongside the image's, not after it.
-			p := *w.desc.Platform
-			var app, old, nw *manifest.Image
-			var aerr, oerr, nerr error
-			var inner sync.WaitGroup
-			inner.Go(func() {
-				app, aerr = cache.get(ctx, req.Image.Repo, w.desc.Digest, fmt.Sprintf("%s [%s]", req.Image, w.name))
-			})
-			inner.Go(func() { old, oerr = bases.forPlatform(ctx, from, p) })
-			inner.Go(func() { nw, nerr = bases.forPlatform(ctx, to, p) })
-			inner.Wait()
-			if err := firstError(aerr, oerr, nerr); err != nil {
-				errs[i] = err
-				return
-			}
-			var err error
-			if w.plan, err = Plan(app, old, nw); err != nil {
-				errs[i] = fmt.Errorf("platform %s: %w", w.name, err)
-			}
-		})
+		wg.Go(func() { errs[i] = plan(w) })
 	}
 	wg.Wait()
-	if err := firstError(errs...); err != nil {
-		return nil, err
-	}
+	return firstError(errs...)
+}
 
+// finishIndex turns the platforms' plans into the result: up to date, a
+// dry run, or the new index written. old names the old base for the result.
+func finishIndex(ctx context.Context, req Request, target WritableRepo, img *doc, old rebase.BaseRef, to *doc, work []*platformWork, r *run) (*Result, error) {
+	res := &Result{Image: req.Image.String(), Target: req.Target.String(), Before: img.desc.Digest, Warnings: []rebase.Warning{}}
 	upToDate := true
 	for _, w := range work {
 		action := UpToDate
@@ -105,14 +128,24 @@ func rebaseIndexIn(ctx context.Context, req Request, target WritableRepo, img, f
 			upToDate = false
 			action, after = WouldRebase, w.plan.ManifestDescriptor.Digest
 		}
-		res.Platforms = append(res.Platforms, PlatformResult{Platform: w.name, Action: action, Before: w.desc.Digest, After: after, Plan: w.plan})
-		for _, wn := range w.plan.Warnings {
+		res.Platforms = append(res.Platforms, PlatformResult{Platform: w.name, Action: action, Before: w.desc.Digest, After: after, Plan: w.plan, Detection: w.detection})
+		warnings := w.plan.Warnings
+		if w.detection != nil {
+			warnings = append(slices.Clone(w.detection.Warnings), warnings...)
+		}
+		for _, wn := range warnings {
 			res.Warnings = append(res.Warnings, rebase.Warning{Code: wn.Code, Message: w.name + ": " + wn.Message})
 		}
+		for _, n := range w.plan.Notes {
+			res.Notes = append(res.Notes, rebase.Note{Code: n.Code, Message: w.name + ": " + n.Message})
+		}
 		res.OldBase, res.NewBase = w.plan.OldBase, w.plan.NewBase
+		if res.Detection == nil {
+			res.Detection = w.detection
+		}
 	}
-	res.OldBase.Ref, res.NewBase.Ref = from.loc.String(), to.loc.String()
-	res.OldBase.Digest, res.NewBase.Digest = from.desc.Digest, to.desc.Digest
+	res.OldBase.Ref, res.NewBase.Ref = old.Ref, to.loc.String()
+	res.OldBase.Digest, res.NewBase.Digest = old.Digest, to.desc.Digest
 	if upToDate {
 		res.Action, res.After = UpToDate, img.desc.Digest
 		return res, nil
@@ -157,8 +190,19 @@ func selected(filter []v1.Platform, p v1.Platform) bool {
 }
 
 // newIndex builds the new index: the original with each rebased platform's
-// descriptor replaced (platform and annotations kept), attestations dropped
-// unless kept, and base annotations moved to the new base.
+// descriptor replaced (platform and annotations kept), attestations of the
+// replaced images dropped or detached, and base annotations moved to the new
+// base.
+//
+// An attestation manifest (BuildKit provenance and SBOM) names the image it
+// describes in its vnd.docker.reference.digest annotation. One that
+// describes an image the rebase leaves in the index (a platform up to date,
+// or kept by --platform) stays as it is. One that describes a replaced
+// image, or does not say which, is dropped with a warning; with
+// keepAttestations it is kept detached: its descriptor loses the
+// vnd.docker.reference.digest annotation, so that the index does not claim
+// it describes an image that is no longer there (its statements, which
+// cannot change, still name the old image), and a warning says so.
 func newIndex(img, to *doc, work []*platformWork, keepAttestations bool) ([]byte, v1.Descriptor, []rebase.Warning, error) {
 	var top map[string]json.RawMessage
 	if err := json.Unmarshal(img.raw, &top); err != nil {
@@ -167,8 +211,12 @@ func newIndex(img, to *doc, work []*platformWork, keepAttestations bool) ([]byte
 	idx := *img.index
 	idx.Manifests = nil
 	byPos := map[int]*platformWork{}
+	replaced := map[string]bool{}
 	for _, w := range work {
 		byPos[w.pos] = w
+		if !w.plan.UpToDate {
+			replaced[w.desc.Digest.String()] = true
+		}
 	}
 	var warnings []rebase.Warning
 	for i, d := range img.index.Manifests {
@@ -176,14 +224,22 @@ func newIndex(img, to *doc, work []*platformWork, keepAttestations bool) ([]byte
 			d.MediaType, d.Digest, d.Size = w.plan.ManifestDescriptor.MediaType, w.plan.ManifestDescriptor.Digest, w.plan.ManifestDescriptor.Size
 		}
 		if isAttestation(d) {
-			ref := d.Annotations["vnd.docker.reference.digest"]
-			if !keepAttestations {
+			ref := d.Annotations[referenceDigest]
+			switch {
+			case ref != "" && !replaced[ref]:
+				// It describes an image that stays in the index.
+			case !keepAttestations:
 				warnings = append(warnings, rebase.Warning{Code: "attestation-dropped",
-					Message: fmt.Sprintf("dropped attestation manifest %s (it describes %s, which the rebase replaces); pass --keep-attestations to keep it", d.Digest, orUnknown(ref))})
+					Message: fmt.Sprintf("dropped attestation manifest %s (it describes %s, which the rebase replaces); pass --keep-attestations to keep it, detached", d.Digest, orUnknown(ref))})
 				continue
+			default:
+				if ref != "" {
+					d.Annotations = maps.Clone(d.Annotations)
+					delete(d.Annotations, referenceDigest)
+				}
+				warnings = append(warnings, rebase.Warning{Code: "attestation-detached",
+					Message: fmt.Sprintf("kept attestation manifest %s detached: it describes %s, which the rebase replaces and which is no longer in the index; its %s annotation is removed so that it names no image of the index (its statements still name the old image)", d.Digest, orUnknown(ref), referenceDigest)})
 			}
-			warnings = append(warnings, rebase.Warning{Code: "attestation-stale",
-				Message: fmt.Sprintf("kept attestation manifest %s, which describes %s, no longer in the index", d.Digest, orUnknown(ref))})
 		}
 		idx.Manifests = append(idx.Manifests, d)
 	}
@@ -218,6 +274,10 @@ func newIndex(img, to *doc, work []*platformWork, keepAttestations bool) ([]byte
 	}
 	return raw, v1.Descriptor{MediaType: mt, Digest: h, Size: n}, warnings, nil
 }
+
+// referenceDigest is the annotation by which an attestation manifest of an
+// index names the manifest it describes.
+const referenceDigest = "vnd.docker.reference.digest"
 
 func orUnknown(s string) string {
 	if s == "" {

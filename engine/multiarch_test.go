@@ -287,44 +287,82 @@ func TestPlatformFilter(t *testing.T) {
 	refused(t, m.reg, req, "selects none")
 }
 
-func TestAttestationsDroppedOrKeptStale(t *testing.T) {
+// TestAttestations: an attestation manifest of a replaced image is dropped
+// with a warning, or kept detached (its vnd.docker.reference.digest
+// annotation removed) with --keep-attestations, so that the index never
+// claims it describes an image no longer there; one of an image that stays
+// in the index (a platform --platform leaves) stays as it is.
+func TestAttestations(t *testing.T) {
 	m := newMulti(t)
 	b1, _ := m.bases("linux/amd64", "linux/arm64")
 	var es []entry
 	for _, p := range []string{"linux/amd64", "linux/arm64"} {
 		es = append(es, entry{img: m.app(b1[p], p), p: plat(p)})
 	}
-	amdDigest, _ := es[0].img.Digest()
-	attest := m.img(nil, v1.Platform{OS: "unknown", Architecture: "unknown"}, testimage.Copy("SBOM", map[string]string{"sbom.spdx.json": "{}"}))
-	es = append(es, entry{img: attest, p: &v1.Platform{OS: "unknown", Architecture: "unknown"}, ann: map[string]string{
-		"vnd.docker.reference.type": "attestation-manifest", "vnd.docker.reference.digest": amdDigest.String()}})
+	unknown := &v1.Platform{OS: "unknown", Architecture: "unknown"}
+	var describes, attests []v1.Hash
+	for i, p := range []string{"linux/amd64", "linux/arm64"} {
+		d, _ := es[i].img.Digest()
+		attest := m.img(nil, *unknown, testimage.Copy("SBOM", map[string]string{"sbom.spdx.json": `{"for":"` + p + `"}`}))
+		ad, _ := attest.Digest()
+		describes, attests = append(describes, d), append(attests, ad)
+		es = append(es, entry{img: attest, p: unknown, ann: map[string]string{
+			"vnd.docker.reference.type": "attestation-manifest", "vnd.docker.reference.digest": d.String()}})
+	}
 	idx := m.index(types.OCIImageIndex, es...)
-	m.reg.PushIndex(t, "app:drop", idx)
-	m.reg.PushIndex(t, "app:keep", idx)
-	attestDigest, _ := attest.Digest()
+	for _, tag := range []string{"drop", "keep", "one-platform"} {
+		m.reg.PushIndex(t, "app:"+tag, idx)
+	}
+	codes := func(ws []rebase.Warning) string {
+		var out []string
+		for _, w := range ws {
+			out = append(out, w.Code)
+		}
+		return strings.Join(out, ",")
+	}
 
 	res := rebaseOK(t, m.req("app:drop", "base:1", "base:2"))
-	if len(res.Warnings) != 1 || res.Warnings[0].Code != "attestation-dropped" || !strings.Contains(res.Warnings[0].Message, amdDigest.String()) {
-		t.Errorf("warnings %+v", res.Warnings)
+	if codes(res.Warnings) != "attestation-dropped,attestation-dropped" || !strings.Contains(res.Warnings[0].Message, describes[0].String()) {
+		t.Errorf("warnings %+v, want each attestation dropped, naming the image it describes", res.Warnings)
 	}
 	if im, _ := m.readIndex("app:drop"); len(im.Manifests) != 2 {
-		t.Errorf("%d manifests, want the attestation dropped", len(im.Manifests))
+		t.Errorf("%d manifests, want the attestations dropped", len(im.Manifests))
 	}
 
 	req := m.req("app:keep", "base:1", "base:2")
 	req.KeepAttestations = true
 	res = rebaseOK(t, req)
 	im, _ := m.readIndex("app:keep")
-	if len(im.Manifests) != 3 || im.Manifests[2].Digest != attestDigest {
-		t.Fatalf("manifests %+v, want the attestation kept last", im.Manifests)
+	if len(im.Manifests) != 4 || im.Manifests[2].Digest != attests[0] || im.Manifests[3].Digest != attests[1] {
+		t.Fatalf("manifests %+v, want the attestations kept in place", im.Manifests)
 	}
 	for _, d := range im.Manifests {
-		if d.Digest == amdDigest {
-			t.Fatalf("the old amd64 image is still in the index")
+		if d.Digest == describes[0] || d.Digest == describes[1] {
+			t.Fatalf("an old image is still in the index")
+		}
+		if ref, ok := d.Annotations["vnd.docker.reference.digest"]; ok {
+			t.Errorf("entry %s still claims to describe %s, which is not in the index", d.Digest, ref)
 		}
 	}
-	if len(res.Warnings) != 1 || res.Warnings[0].Code != "attestation-stale" || !strings.Contains(res.Warnings[0].Message, amdDigest.String()) || !strings.Contains(res.Warnings[0].Message, "no longer in the index") {
-		t.Errorf("warnings %+v, want one naming %s as no longer in the index", res.Warnings, amdDigest)
+	if im.Manifests[2].Annotations["vnd.docker.reference.type"] != "attestation-manifest" {
+		t.Errorf("kept attestation annotations %v, want it still marked as an attestation", im.Manifests[2].Annotations)
+	}
+	if codes(res.Warnings) != "attestation-detached,attestation-detached" || !strings.Contains(res.Warnings[0].Message, describes[0].String()) || !strings.Contains(res.Warnings[0].Message, "no longer in the index") {
+		t.Errorf("warnings %+v, want each attestation kept detached, naming %s as no longer in the index", res.Warnings, describes[0])
+	}
+
+	// Only arm64 rebased: the amd64 image stays, and so does its
+	// attestation, as it was; arm64's is dropped.
+	req = m.req("app:one-platform", "base:1", "base:2")
+	req.Platforms, req.KeepOtherPlatforms = []v1.Platform{*plat("linux/arm64")}, true
+	res = rebaseOK(t, req)
+	im, _ = m.readIndex("app:one-platform")
+	if len(im.Manifests) != 3 || im.Manifests[0].Digest != describes[0] || im.Manifests[2].Digest != attests[0] ||
+		im.Manifests[2].Annotations["vnd.docker.reference.digest"] != describes[0].String() {
+		t.Errorf("manifests %+v, want amd64 and its attestation unchanged, arm64's attestation dropped", im.Manifests)
+	}
+	if codes(res.Warnings) != "attestation-dropped" || !strings.Contains(res.Warnings[0].Message, describes[1].String()) {
+		t.Errorf("warnings %+v, want only arm64's attestation dropped", res.Warnings)
 	}
 }
 

@@ -47,8 +47,9 @@ type Request struct {
 	// KeepOtherPlatforms keeps the platforms Platforms does not select
 	// unchanged in the new index; without it such a rebase is refused.
 	KeepOtherPlatforms bool
-	// KeepAttestations keeps an index's attestation manifests (which
-	// describe the old images); by default they are dropped with a warning.
+	// KeepAttestations keeps the attestation manifests of the images an
+	// index rebase replaces, detached (see newIndex); by default they are
+	// dropped with a warning. Attestations of images that stay are kept.
 	KeepAttestations bool
 	// CheckSignatures looks for the single-platform image's signatures
 	// (cosign tags, OCI referrers) to warn that the rebase invalidates them.
@@ -57,6 +58,12 @@ type Request struct {
 	// BackupTag, when set, tags the image as it was read before the target
 	// tag moves, so that a registry garbage collection cannot take it.
 	BackupTag string
+	// ToName is the new base as the user wrote it (base:2), the value the
+	// label that names the base takes when the rebase moves the image off
+	// the base the label names; empty means To.String().
+	ToName string
+	// KeepLabel keeps that label as it is, with a warning.
+	KeepLabel bool
 }
 
 // Action says what a rebase did.
@@ -93,6 +100,10 @@ type Result struct {
 	NewBase     rebase.BaseRef   `json:"newBase"`
 	Transferred Transferred      `json:"transferred"`
 	Warnings    []rebase.Warning `json:"warnings"`
+	// Notes are the plan's notes (for an index, each platform's, prefixed
+	// with the platform): a base matched by content, build metadata
+	// dropped.
+	Notes []rebase.Note `json:"notes,omitempty"`
 	// Plan is the full plan, for --dry-run and -v (single-platform images).
 	Plan *rebase.Plan `json:"plan,omitempty"`
 	// Platforms holds one result per platform of an index.
@@ -108,6 +119,9 @@ type PlatformResult struct {
 	Before   v1.Hash      `json:"before"`
 	After    v1.Hash      `json:"after"`
 	Plan     *rebase.Plan `json:"plan,omitempty"`
+	// Detection says how this platform's old base was found, in automatic
+	// mode.
+	Detection *basedetect.Decision `json:"detection,omitempty"`
 }
 
 // TargetExistsError reports a target tag that names another image.
@@ -219,7 +233,7 @@ func rebaseImageIn(ctx context.Context, req Request, target WritableRepo, img, f
 		cancel()
 		return nil, err
 	}
-	plan, err := Plan(img.image, old, nw)
+	plan, err := explicitPlan(req, img.image, old, nw)
 	if err != nil {
 		cancel()
 		return nil, err
@@ -233,6 +247,12 @@ func rebaseImageIn(ctx context.Context, req Request, target WritableRepo, img, f
 
 // Plan computes the plan of moving img from old to nw.
 func Plan(img, old, nw *manifest.Image) (*rebase.Plan, error) {
+	return planWith(img, old, nw, "", "")
+}
+
+// planWith is Plan with the label that names the base and its new value
+// (see baseLabel).
+func planWith(img, old, nw *manifest.Image, label, relabel string) (*rebase.Plan, error) {
 	ob, err := rebase.BaseFromImage(old)
 	if err != nil {
 		return nil, err
@@ -241,7 +261,59 @@ func Plan(img, old, nw *manifest.Image) (*rebase.Plan, error) {
 	if err != nil {
 		return nil, err
 	}
-	return rebase.New(rebase.Input{Image: img, Old: ob, New: nb})
+	return rebase.New(rebase.Input{Image: img, Old: ob, New: nb, BaseLabel: label, Relabel: relabel})
+}
+
+// explicitPlan plans an explicit rebase (--from-base): when the image's
+// label names the old base's repository, the label is moved to the new
+// base unless req.KeepLabel, which warns instead.
+func explicitPlan(req Request, img, old, nw *manifest.Image) (*rebase.Plan, error) {
+	label, relabel, warning := baseLabel(req, img, req.From)
+	plan, err := planWith(img, old, nw, label, relabel)
+	if err != nil || warning == nil || plan.UpToDate {
+		return plan, err
+	}
+	plan.Warnings = append(plan.Warnings, *warning)
+	return plan, nil
+}
+
+// baseLabel returns the label of img that names its base (-l, or FROM)
+// and, when it names the repository of old (the base the rebase moves the
+// image off) and another reference than the new base, the value it takes:
+// the new base as the user wrote it. With req.KeepLabel the value stays
+// and a warning says that the next automatic rebase would go back to it.
+func baseLabel(req Request, img *manifest.Image, old Location) (label, relabel string, warning *rebase.Warning) {
+	label = req.Detect.Label
+	if label == "" {
+		label = basedetect.DefaultLabel
+	}
+	value, ok := img.Config.Config.Labels[label]
+	if !ok {
+		return "", "", nil
+	}
+	to := req.ToName
+	if to == "" && req.To.Repo != nil {
+		to = req.To.String()
+	}
+	if to == "" || old.Repo == nil || value == to {
+		return label, "", nil
+	}
+	named, err := req.Detect.resolve(value, true)
+	if err != nil || named.Repo.Name() != old.Repo.Name() {
+		return label, "", nil
+	}
+	if newLoc, err := req.Detect.resolve(to, true); err == nil && newLoc.String() == named.String() {
+		return label, "", nil
+	}
+	// A label written relative to its registry stays relative.
+	if prefix, ok := strings.CutSuffix(named.String(), value); ok && prefix != "" && strings.HasPrefix(to, prefix) {
+		to = strings.TrimPrefix(to, prefix)
+	}
+	if req.KeepLabel {
+		return label, "", &rebase.Warning{Code: "label-kept", Message: fmt.Sprintf(
+			"label %s=%s still names the old base (--keep-label); an automatic rebase (image-rebase IMAGE, scan --stale | batch) follows it back to %s", label, value, value)}
+	}
+	return label, to, nil
 }
 
 type targetState struct {
@@ -300,6 +372,7 @@ func apply(ctx context.Context, req Request, plan *rebase.Plan, session BlobUplo
 		OldBase:  plan.OldBase,
 		NewBase:  plan.NewBase,
 		Warnings: plan.Warnings,
+		Notes:    plan.Notes,
 		Plan:     plan,
 	}
 	switch {

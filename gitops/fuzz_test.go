@@ -7,6 +7,8 @@ import (
 	"os"
 	"path/filepath"
 	"reflect"
+	"sort"
+	"strings"
 	"testing"
 
 	"go.yaml.in/yaml/v3"
@@ -70,7 +72,7 @@ func FuzzRewrite(f *testing.F) {
 				t.Fatalf("pinning again edits: %+v", e)
 			}
 		}
-		assertSameData(t, data, after, news)
+		assertSameData(t, data, after, news, blockEdits(edits))
 	})
 }
 
@@ -78,7 +80,7 @@ func FuzzRewrite(f *testing.F) {
 // values (a decoder independent of the node trees Verify compares) and
 // requires the same shape and values, except leaves of after that are one
 // of the new values.
-func assertSameData(t *testing.T, before, after []byte, news map[string]bool) {
+func assertSameData(t *testing.T, before, after []byte, news map[string]bool, blocks [][]Edit) {
 	t.Helper()
 	a, errA := decodeAll(before)
 	b, errB := decodeAll(after)
@@ -92,7 +94,7 @@ func assertSameData(t *testing.T, before, after []byte, news map[string]bool) {
 		t.Fatalf("%d documents became %d", len(a), len(b))
 	}
 	for i := range a {
-		if path, ok := sameData(a[i], b[i], news); !ok {
+		if path, ok := sameData(a[i], b[i], news, blocks); !ok {
 			t.Fatalf("document %d differs at %s:\n%#v\n%#v", i, path, a[i], b[i])
 		}
 	}
@@ -118,9 +120,50 @@ func decodeAll(data []byte) (docs []any, err error) {
 	}
 }
 
-func sameData(a, b any, news map[string]bool) (string, bool) {
+// blockEdits groups the edits inside block scalars by block.
+func blockEdits(edits []Edit) [][]Edit {
+	groups := map[pos][]Edit{}
+	for _, e := range edits {
+		if e.Block != nil {
+			p := pos{e.Block.Line, e.Block.Column}
+			groups[p] = append(groups[p], e)
+		}
+	}
+	var out [][]Edit
+	for _, g := range groups {
+		out = append(out, g)
+	}
+	return out
+}
+
+// applyInner applies edits inside a block scalar to its text, or returns
+// false when they do not fit it.
+func applyInner(text string, edits []Edit) (string, bool) {
+	sorted := append([]Edit(nil), edits...)
+	sort.Slice(sorted, func(i, j int) bool { return sorted[i].Block.InnerStart < sorted[j].Block.InnerStart })
+	var out strings.Builder
+	at := 0
+	for _, e := range sorted {
+		s, end := e.Block.InnerStart, e.Block.InnerEnd
+		if s < at || end > len(text) || text[s:end] != e.Old {
+			return "", false
+		}
+		out.WriteString(text[at:s] + e.New)
+		at = end
+	}
+	return out.String() + text[at:], true
+}
+
+func sameData(a, b any, news map[string]bool, blocks [][]Edit) (string, bool) {
 	if s, ok := b.(string); ok && news[s] {
 		return "", true
+	}
+	if as, ok := a.(string); ok {
+		for _, g := range blocks {
+			if want, ok := applyInner(as, g); ok && want == b {
+				return "", true
+			}
+		}
 	}
 	switch a := a.(type) {
 	case map[string]any:
@@ -129,7 +172,7 @@ func sameData(a, b any, news map[string]bool) (string, bool) {
 			return "map", false
 		}
 		for k, v := range a {
-			if p, ok := sameData(v, bm[k], news); !ok {
+			if p, ok := sameData(v, bm[k], news, blocks); !ok {
 				return k + "." + p, false
 			}
 		}
@@ -143,7 +186,7 @@ func sameData(a, b any, news map[string]bool) (string, bool) {
 			if !reflect.ValueOf(k).Comparable() {
 				continue
 			}
-			if p, ok := sameData(v, bm[k], news); !ok {
+			if p, ok := sameData(v, bm[k], news, blocks); !ok {
 				return "?." + p, false
 			}
 		}
@@ -154,7 +197,7 @@ func sameData(a, b any, news map[string]bool) (string, bool) {
 			return "seq", false
 		}
 		for i := range a {
-			if p, ok := sameData(a[i], bs[i], news); !ok {
+			if p, ok := sameData(a[i], bs[i], news, blocks); !ok {
 				return "[]." + p, false
 			}
 		}

@@ -20,10 +20,13 @@ type Edit struct {
 	Start, End int
 	// Old is the value now, New its replacement.
 	Old, New string
+	// Block is set when the value lies inside a literal block scalar
+	// holding YAML (Field.Block).
+	Block *Block
 }
 
-// MaxFileSize bounds the files Scan and Rewrite accept (parsing is done in
-// memory).
+// MaxFileSize bounds the files Scan and Rewrite accept, 16 MiB (parsing is
+// done in memory).
 const MaxFileSize = 16 << 20
 
 // Rewrite applies edits to data and checks the result: the bytes outside
@@ -66,7 +69,8 @@ func Rewrite(file string, data []byte, edits []Edit) ([]byte, error) {
 // node (kind, style, tag, value, anchor, aliases, comments, line and
 // column), except the scalars the edits name: each must hold its Old value
 // before and its New value after, as a string (or with the same explicit
-// tag).
+// tag). Edits inside a block scalar change the block's text at their
+// places only, and the text, read as YAML, is verified the same way.
 func Verify(before, after []byte, edits []Edit) error {
 	a, err := parseDocs(before)
 	if err != nil {
@@ -79,8 +83,13 @@ func Verify(before, after []byte, edits []Edit) error {
 	if len(a) != len(b) {
 		return fmt.Errorf("%d documents became %d", len(a), len(b))
 	}
-	c := comparer{edits: map[pos]*Edit{}, used: map[pos]bool{}}
+	c := comparer{edits: map[pos]*Edit{}, blocks: map[pos][]Edit{}, used: map[pos]bool{}}
 	for i := range edits {
+		if bl := edits[i].Block; bl != nil {
+			p := pos{bl.Line, bl.Column}
+			c.blocks[p] = append(c.blocks[p], edits[i])
+			continue
+		}
 		c.edits[pos{edits[i].Line, edits[i].Column}] = &edits[i]
 	}
 	for i := range a {
@@ -93,6 +102,47 @@ func Verify(before, after []byte, edits []Edit) error {
 			return fmt.Errorf("line %d column %d: no scalar there to rewrite", p.line, p.col)
 		}
 	}
+	for p := range c.blocks {
+		if !c.used[p] {
+			return fmt.Errorf("line %d column %d: no block scalar there to rewrite", p.line, p.col)
+		}
+	}
+	return nil
+}
+
+// sameBlock checks a block scalar whose text holds edits: the text after
+// is the text before with each edit applied at its inner offsets, and the
+// two texts read as YAML differ only there.
+func sameBlock(a, b *yaml.Node, edits []Edit) error {
+	if a.Style&yaml.LiteralStyle == 0 {
+		return fmt.Errorf("not a literal block scalar")
+	}
+	inner := make([]Edit, len(edits))
+	for i, e := range edits {
+		bl := e.Block
+		inner[i] = Edit{Line: bl.InnerLine, Column: bl.InnerColumn, Start: bl.InnerStart, End: bl.InnerEnd, Old: e.Old, New: e.New}
+	}
+	sort.Slice(inner, func(i, j int) bool { return inner[i].Start < inner[j].Start })
+	var want strings.Builder
+	at := 0
+	for _, e := range inner {
+		if e.Start < at || e.End > len(a.Value) || a.Value[e.Start:e.End] != e.Old {
+			return fmt.Errorf("the block's text does not hold %q at line %d column %d", e.Old, e.Line, e.Column)
+		}
+		want.WriteString(a.Value[at:e.Start])
+		want.WriteString(e.New)
+		at = e.End
+	}
+	want.WriteString(a.Value[at:])
+	switch {
+	case b.Value != want.String():
+		return fmt.Errorf("the block's text changed elsewhere than at its pinned values")
+	case a.Tag != b.Tag:
+		return fmt.Errorf("tag changed")
+	}
+	if err := Verify([]byte(a.Value), []byte(b.Value), inner); err != nil {
+		return fmt.Errorf("in the block's text: %w", err)
+	}
 	return nil
 }
 
@@ -101,8 +151,9 @@ var yaml12 = regexp.MustCompile(`(?m)(^|\x{feff})%YAML 1\.2`)
 type pos struct{ line, col int }
 
 type comparer struct {
-	edits map[pos]*Edit
-	used  map[pos]bool
+	edits  map[pos]*Edit
+	blocks map[pos][]Edit // edits inside a block scalar, by the block's position
+	used   map[pos]bool
 }
 
 func (c *comparer) same(a, b *yaml.Node) error {
@@ -131,6 +182,16 @@ func (c *comparer) same(a, b *yaml.Node) error {
 	}
 	if a.Kind == yaml.ScalarNode {
 		p := pos{a.Line, a.Column}
+		if be := c.blocks[p]; be != nil {
+			if c.used[p] {
+				return at("two scalars at one position")
+			}
+			c.used[p] = true
+			if err := sameBlock(a, b, be); err != nil {
+				return at("%v", err)
+			}
+			return nil
+		}
 		if e := c.edits[p]; e != nil {
 			if c.used[p] {
 				return at("two scalars at one position")
@@ -196,19 +257,37 @@ func parseDocs(data []byte) (docs []*yaml.Node, err error) {
 
 // checkFields asks the YAML parser to confirm what the scanner found: each
 // field is a scalar at its position with its value and quoting, and the
-// parser sees no marker comment the scanner missed.
-func checkFields(data []byte, fields []marked, markers int) []Problem {
-	docs, err := parseDocs(data)
-	if err != nil {
-		return []Problem{{Msg: err.Error()}}
-	}
+// parser sees no marker comment the scanner missed (comment lines holding
+// one of keys, against markers). It also refuses a marked tag whose
+// mapping has a "digest" field, or a marked name whose mapping has a
+// "registry" field, that is not marked for the same image: the tools that
+// read the file join those fields, so the reference would not be the one
+// pinned (Kustomize's name:tag@new@old) or would be looked up elsewhere.
+func checkFields(docs []*yaml.Node, fields []marked, markers int, keys []string) []Problem {
 	scalars := map[pos]*yaml.Node{}
+	byPos := map[pos]*marked{}
+	for i := range fields {
+		byPos[pos{fields[i].Line, fields[i].Column}] = &fields[i]
+	}
+	var problems []Problem
 	seen := 0
 	var walk func(n *yaml.Node)
 	walk = func(n *yaml.Node) {
-		seen += strings.Count(n.HeadComment+"\n"+n.LineComment+"\n"+n.FootComment, MarkerKey)
+		for _, c := range []string{n.HeadComment, n.LineComment, n.FootComment} {
+			for _, l := range strings.Split(c, "\n") {
+				for _, k := range keys {
+					if strings.Contains(l, k) {
+						seen++
+						break
+					}
+				}
+			}
+		}
 		if n.Kind == yaml.ScalarNode {
 			scalars[pos{n.Line, n.Column}] = n
+		}
+		if n.Kind == yaml.MappingNode {
+			problems = append(problems, checkSiblings(n, byPos)...)
 		}
 		if n.Kind != yaml.AliasNode {
 			for _, c := range n.Content {
@@ -219,7 +298,6 @@ func checkFields(data []byte, fields []marked, markers int) []Problem {
 	for _, d := range docs {
 		walk(d)
 	}
-	var problems []Problem
 	for _, f := range fields {
 		n := scalars[pos{f.Line, f.Column}]
 		quoted := n != nil && n.Style&(yaml.SingleQuotedStyle|yaml.DoubleQuotedStyle) != 0
@@ -234,4 +312,56 @@ func checkFields(data []byte, fields []marked, markers int) []Problem {
 		problems = append(problems, Problem{Msg: fmt.Sprintf("the YAML parser sees %d marker comments but only %d could be read line by line (a marker inside a multi-line construct?); not rewriting this file", seen, markers)})
 	}
 	return problems
+}
+
+// checkSiblings checks the marked fields of mapping n against their
+// sibling digest and registry fields.
+func checkSiblings(n *yaml.Node, byPos map[pos]*marked) []Problem {
+	value := func(key string) (*yaml.Node, *yaml.Node) {
+		for i := 0; i+1 < len(n.Content); i += 2 {
+			if k := n.Content[i]; k.Kind == yaml.ScalarNode && k.Value == key {
+				return k, n.Content[i+1]
+			}
+		}
+		return nil, nil
+	}
+	var problems []Problem
+	for i := 1; i < len(n.Content); i += 2 {
+		v := n.Content[i]
+		f := byPos[pos{v.Line, v.Column}]
+		if f == nil || v.Kind != yaml.ScalarNode {
+			continue
+		}
+		var sibling string
+		var want Kind
+		switch f.Kind {
+		case Tag, Whole:
+			sibling, want = "digest", Digest
+		case Name:
+			sibling, want = "registry", Registry
+		default:
+			continue
+		}
+		k, sv := value(sibling)
+		if k == nil || sv == v {
+			continue
+		}
+		what := map[Kind]string{
+			Digest:   "the digest goes there and the tag keeps no digest of its own; unmarked, the tools that join the two (Kustomize, charts) would read both digests or the old one",
+			Registry: "the chart joins REGISTRY/REPOSITORY; unmarked, the repository would be looked up without its registry (on Docker Hub for a bare path)",
+		}[want]
+		mark := fmt.Sprintf("{%q: %q}", f.key, f.id+":"+sibling)
+		switch sf := byPos[pos{sv.Line, sv.Column}]; {
+		case sf == nil:
+			problems = append(problems, Problem{Line: f.Line, Msg: fmt.Sprintf("image %q: the %s at line %d has a sibling %q field (line %d) that is not marked; mark it %s: %s", f.id, kindName(f.Kind), f.Line, sibling, k.Line, mark, what)})
+		case sf.id != f.id || sf.Kind != want:
+			problems = append(problems, Problem{Line: sf.Line, Msg: fmt.Sprintf("image %q: the sibling %q field of the %s at line %d is marked %q; mark it %s", f.id, sibling, kindName(f.Kind), f.Line, markerID(sf.id, sf.Kind), mark)})
+		}
+	}
+	return problems
+}
+
+// kindName names a field kind in messages.
+func kindName(k Kind) string {
+	return map[Kind]string{Whole: "reference", Name: "repository", Tag: "tag", Digest: "digest", Registry: "registry"}[k]
 }

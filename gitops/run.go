@@ -22,6 +22,9 @@ type Options struct {
 	DryRun bool
 	// Jobs bounds the concurrent resolutions (8 when 0).
 	Jobs int
+	// Markers lists the comment keys that mark images (DefaultMarkers
+	// when nil); add ImagePolicyKey to read Flux's markers.
+	Markers Markers
 }
 
 // File statuses.
@@ -30,9 +33,11 @@ const (
 	Updated = "updated"
 	// WouldUpdate: a dry run found changes; the file was not written.
 	WouldUpdate = "would-update"
-	// Unchanged: every image was pinned already (or none could be).
+	// Unchanged: every image was pinned already.
 	Unchanged = "unchanged"
-	// Failed: the file has errors that keep it from being rewritten.
+	// Failed: the file has errors that keep it from being rewritten, or
+	// none of its changes could be made because an image could not be
+	// resolved (see the images' errors).
 	Failed = "failed"
 )
 
@@ -119,12 +124,12 @@ func Run(ctx context.Context, paths []string, opts Options) (*Report, error) {
 			rep.Files = append(rep.Files, fr)
 			continue
 		}
-		if !HasMarkers(data) {
+		if !opts.Markers.Has(data) {
 			continue
 		}
 		fr := &FileReport{Path: path, Status: Unchanged, Images: []*ImageReport{}}
 		rep.Files = append(rep.Files, fr)
-		images, err := Scan(path, data)
+		images, err := opts.Markers.Scan(path, data)
 		if err != nil {
 			fr.fail(err)
 			continue
@@ -141,6 +146,7 @@ func Run(ctx context.Context, paths []string, opts Options) (*Report, error) {
 
 	for _, w := range todo {
 		var edits []Edit
+		imageErrors := false
 		for _, im := range w.images {
 			r := refs[im.Reference()]
 			ir := &ImageReport{ID: im.ID, Line: im.Line(), Reference: im.Reference()}
@@ -148,15 +154,21 @@ func Run(ctx context.Context, paths []string, opts Options) (*Report, error) {
 			if r.err != nil {
 				ir.err = fmt.Errorf("%s:%d: image %q (%s): %w", w.rep.Path, ir.Line, im.ID, ir.Reference, r.err)
 				ir.Error = r.err.Error()
+				imageErrors = true
 				continue
 			}
 			ir.Action, ir.Before, ir.After = r.res.Action, r.res.Before, r.res.Digest
 			if e := im.Pin(r.res.Digest); len(e) > 0 {
-				ir.Changed, ir.Value = true, e[0].New
+				ir.Changed, ir.Value = true, pinnedValue(e)
 				edits = append(edits, e...)
 			}
 		}
 		if len(edits) == 0 {
+			if imageErrors {
+				// Nothing could be done: not "unchanged", which says the
+				// file is up to date.
+				w.rep.Status = Failed
+			}
 			continue
 		}
 		after, err := Rewrite(w.rep.Path, w.data, edits)
@@ -178,6 +190,16 @@ func Run(ctx context.Context, paths []string, opts Options) (*Report, error) {
 		}
 	}
 	return rep, nil
+}
+
+// pinnedValue describes an image's edits: the new value, or for several
+// fields (a tag and a digest field) the new values joined by ", ".
+func pinnedValue(edits []Edit) string {
+	vals := make([]string, len(edits))
+	for i, e := range edits {
+		vals[i] = e.New
+	}
+	return strings.Join(vals, ", ")
 }
 
 // fail records err as the file's error; the file is not written.
@@ -292,7 +314,7 @@ func readFile(path string) ([]byte, error) {
 		return nil, err
 	}
 	if info.Size() > MaxFileSize {
-		return nil, fmt.Errorf("%s: larger than %d bytes, skipped", path, MaxFileSize)
+		return nil, fmt.Errorf("%s: larger than 16 MiB (%d bytes), the most gitops reads; skipped", path, MaxFileSize)
 	}
 	var buf bytes.Buffer
 	if _, err := buf.ReadFrom(f); err != nil {

@@ -71,6 +71,7 @@ func setup(t *testing.T) (*regtest.Registry, *counter, string) {
 		"clusters/prod/broken.yaml": "a:\n  repository: " + h + "/app # {\"$rebase\": \"app:name\"}\n" +
 			"b:\n  image: " + h + "/team/worker:2 # {\"$rebase\": \"worker\"}\n",
 		"clusters/prod/missing.yaml": "a: " + h + "/app:1 # {\"$rebase\": \"app\"}\nb: " + h + "/nothere:1 # {\"$rebase\": \"gone\"}\n",
+		"clusters/prod/gone.yaml":    "b: " + h + "/nothere:2 # {\"$rebase\": \"gone\"}\n",
 		"clusters/prod/plain.yaml":   "a: " + h + "/app:1\n",
 		"clusters/.git/x.yaml":       "a: " + h + "/app:1 # {\"$rebase\": \"app\"}\n",
 		"README.md":                  "image: " + h + "/app:1 # {\"$rebase\": \"app\"}\n",
@@ -174,8 +175,10 @@ func TestRunRebasesAndPins(t *testing.T) {
 		"clusters/prod/deploy.yml":   gitops.Updated,
 		"clusters/prod/broken.yaml":  gitops.Failed,
 		"clusters/prod/missing.yaml": gitops.Updated,
+		// Its only image is missing: nothing could be done.
+		"clusters/prod/gone.yaml": gitops.Failed,
 	}
-	if got := statuses(rep, dir); len(got) != len(want) || rep.Scanned != 5 {
+	if got := statuses(rep, dir); len(got) != len(want) || rep.Scanned != 6 {
 		t.Fatalf("scanned %d, statuses %v", rep.Scanned, got)
 	} else {
 		for k, v := range want {
@@ -389,5 +392,31 @@ func TestRunAutomatic(t *testing.T) {
 	rep, err = gitops.Run(context.Background(), []string{dir}, gitops.Options{Resolver: &gitops.Rebaser{Parse: client.Parse}})
 	if err != nil || rep.Err() != nil || rep.Files[0].Status != gitops.Unchanged || rep.Files[0].Images[0].Action != string(engine.UpToDate) {
 		t.Fatalf("second run: %v %v %+v", err, rep.Err(), rep.Files[0].Images[0])
+	}
+}
+
+// TestRunRefusesLargeFiles: a file over 16 MiB is reported, not read.
+func TestRunRefusesLargeFiles(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "big.yaml")
+	if err := os.WriteFile(path, []byte("a: h/a:1 # {\"$rebase\": \"a\"}\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Truncate(path, gitops.MaxFileSize+1); err != nil {
+		t.Fatal(err)
+	}
+	rep, err := gitops.Run(context.Background(), []string{path}, gitops.Options{Resolver: &gitops.Pinner{}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if f := rep.Files[0]; f.Status != gitops.Failed || len(f.Problems) != 1 || !strings.Contains(f.Problems[0].Msg, "larger than 16 MiB") || rep.Err() == nil {
+		t.Fatalf("report %+v", f)
+	}
+	if err := os.Truncate(path, gitops.MaxFileSize); err != nil {
+		t.Fatal(err)
+	}
+	// At the limit the file is read (and its NUL bytes refused by the parser).
+	rep, _ = gitops.Run(context.Background(), []string{path}, gitops.Options{Resolver: &gitops.Pinner{}})
+	if f := rep.Files[0]; f.Status != gitops.Failed || strings.Contains(f.Problems[0].Msg, "larger than") {
+		t.Fatalf("at the limit: %+v", f)
 	}
 }

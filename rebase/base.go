@@ -7,6 +7,7 @@ package rebase
 import (
 	"encoding/json"
 	"fmt"
+	"slices"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 
@@ -69,7 +70,11 @@ func checkLayerCount(img *manifest.Image) error {
 	return nil
 }
 
-// HasLayerPrefix reports whether layers starts with prefix (by digest).
+// HasLayerPrefix reports whether layers starts with prefix by blob digest.
+// Equal digests are the same content, but the same content may be stored
+// as other blobs (gzip, zstd, or the plain tars of docker save), so a false
+// answer proves nothing: it is only a cheap hint for when the configs are
+// not read yet. Decide with HasDiffIDPrefix.
 func HasLayerPrefix(layers, prefix []v1.Descriptor) bool {
 	if len(prefix) > len(layers) {
 		return false
@@ -80,4 +85,36 @@ func HasLayerPrefix(layers, prefix []v1.Descriptor) bool {
 		}
 	}
 	return true
+}
+
+// HasDiffIDPrefix reports whether an image whose config lists diffIDs
+// starts with the layers of a base whose config lists prefix: layer identity
+// by content (the uncompressed tar), whatever the compression of either
+// side. This is the rule for "is this image on that base".
+func HasDiffIDPrefix(diffIDs, prefix []v1.Hash) bool {
+	return len(prefix) <= len(diffIDs) && slices.Equal(diffIDs[:len(prefix)], prefix)
+}
+
+// CheckOnBase returns nil when img starts with the layers of base (both read
+// with their configs) by diff_id, and otherwise a *RefusedError naming both
+// references and the first layer that differs.
+func CheckOnBase(img, base *manifest.Image) error {
+	b, err := BaseFromImage(base)
+	if err != nil {
+		return err
+	}
+	if err := checkLayerCount(img); err != nil {
+		return err
+	}
+	_, err = matchBase(img, b)
+	return err
+}
+
+// OnBase tells whether img starts with base's layers: by diff_id when both
+// configs were read (see CheckOnBase), else by layer digest, a hint only.
+func OnBase(img, base *manifest.Image) bool {
+	if img.Config == nil || base.Config == nil {
+		return HasLayerPrefix(img.Manifest.Layers, base.Manifest.Layers)
+	}
+	return CheckOnBase(img, base) == nil
 }

@@ -7,8 +7,11 @@ import (
 	"io"
 	"maps"
 	"reflect"
+	"slices"
+	"strings"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/types"
 
 	"github.com/image-rebase/image-rebase/configmerge"
 	"github.com/image-rebase/image-rebase/manifest"
@@ -17,6 +20,26 @@ import (
 
 // Warning is a hazard found while planning; see configmerge.Warning.
 type Warning = configmerge.Warning
+
+// Note is a fact about a plan that is neither a config decision nor a
+// hazard: a base matched by content although its layers are stored as other
+// blobs, build metadata dropped from the config.
+type Note struct {
+	// Code is a stable identifier, e.g. "matched-by-content".
+	Code string `json:"code"`
+	// Message explains it in one sentence.
+	Message string `json:"message"`
+}
+
+// Note codes.
+const (
+	// NoteMatchedByContent: the image's bottom layers are the base's by
+	// diff_id but are stored as other blobs (compressed otherwise).
+	NoteMatchedByContent = "matched-by-content"
+	// NoteBuildMetadataDropped: BuildKit metadata of the old build was
+	// removed from the config.
+	NoteBuildMetadataDropped = "build-metadata-dropped"
+)
 
 // RefusedError reports inputs that were read and understood but cannot be
 // rebased as asked: the image is not on the old base, the platforms differ.
@@ -34,10 +57,18 @@ type Input struct {
 	// Image is the application image to rebase.
 	Image *manifest.Image
 	// Old is the base the image is on now; its layers must be the image's
-	// bottom layers.
+	// bottom layers, by diff_id (content), whatever their compression.
 	Old *Base
 	// New is the base to put under the application's layers.
 	New *Base
+	// BaseLabel is the label that names the base (LABEL FROM=base:1), if
+	// the image has it: its value is a reference, never an embedded base
+	// value.
+	BaseLabel string
+	// Relabel, when set, gives BaseLabel a new value: the new base's
+	// reference, as a rebuild from a Dockerfile naming the new base would
+	// record it. The history entry that set the label is rewritten too.
+	Relabel string
 }
 
 // BaseRef identifies a base in a plan.
@@ -63,8 +94,9 @@ type Plan struct {
 	// UpToDate is true when the image already sits on the new base; then
 	// nothing is to be written.
 	UpToDate bool `json:"upToDate"`
-	// Removed are the old base's layers, Added the new base's, Kept the
-	// application's own layers.
+	// Removed are the image's bottom layers (the old base's content, as the
+	// image stores them), Added the new base's descriptors as the new base
+	// has them, Kept the application's own layers.
 	Removed []v1.Descriptor `json:"removedLayers"`
 	Added   []v1.Descriptor `json:"addedLayers"`
 	Kept    []v1.Descriptor `json:"keptLayers"`
@@ -82,26 +114,44 @@ type Plan struct {
 	// KeptValues lists config values the image set itself and keeps
 	// although the base changed them.
 	KeptValues []configmerge.Change `json:"keptValues,omitempty"`
+	// Notes are facts that are neither config decisions nor hazards.
+	Notes []Note `json:"notes,omitempty"`
 	// HistoryStyle tells whether the image's history was replayed
 	// ("as-written", "expanded") or the config merged three ways only
 	// ("unknown").
 	HistoryStyle configmerge.Style `json:"historyStyle"`
+
+	// dropped notes the build metadata the config loses, reported only
+	// when the image is rewritten.
+	dropped []Note
 }
 
 // New computes the plan for in. It returns a *RefusedError when the image
 // does not sit on in.Old or cannot move to in.New.
+//
+// Layers are identified by content: a base is under the image when its
+// diff_ids are the image's bottom diff_ids, whatever the compression of
+// either side. An image already on in.New by content is up to date unless
+// the config changes; its blobs are then kept as they are even when they are
+// compressed otherwise than in.New's (rewriting them would only change the
+// image's digest). When a rebase is due, the result takes in.New's layer
+// descriptors as in.New has them.
 func New(in Input) (*Plan, error) {
 	img, old, nw := in.Image, in.Old, in.New
 	if err := checkLayerCount(img); err != nil {
 		return nil, err
 	}
-	if checkPrefix(img, nw) == nil {
+	match, onNew := matchBase(img, nw)
+	if onNew == nil {
 		// The image already sits on the new base (it may have been
 		// rebased before): plan against the new base, which finds it up to
 		// date unless the new base's config differs from what the image has.
 		old = nw
-	} else if err := checkPrefix(img, old); err != nil {
-		return nil, err
+	} else {
+		var err error
+		if match, err = matchBase(img, old); err != nil {
+			return nil, err
+		}
 	}
 	if err := checkPlatform(img, nw); err != nil {
 		return nil, err
@@ -113,14 +163,14 @@ func New(in Input) (*Plan, error) {
 		ImageManifest:   img.RawManifest,
 		OldBase:         BaseRef{Ref: old.Ref, Digest: old.Digest, Layers: len(old.Layers)},
 		NewBase:         BaseRef{Ref: nw.Ref, Digest: nw.Digest, Layers: len(nw.Layers)},
-		Removed:         old.Layers,
+		Removed:         img.Manifest.Layers[:len(old.Layers)],
 		Added:           nw.Layers,
 		Kept:            img.Manifest.Layers[len(old.Layers):],
 		Changes:         []configmerge.Change{},
 		Warnings:        []Warning{},
 	}
 
-	config, err := p.config(img, old, nw)
+	config, err := p.config(in, old)
 	if err != nil {
 		return nil, err
 	}
@@ -128,31 +178,95 @@ func New(in Input) (*Plan, error) {
 	if err := p.manifest(img, nw); err != nil {
 		return nil, err
 	}
-	p.UpToDate = len(p.Added) == len(p.Removed) && HasLayerPrefix(p.Added, p.Removed) && len(p.Changes) == 0
+	p.UpToDate = onNew == nil && len(p.Changes) == 0
+	if match.otherBlobs > 0 {
+		p.Notes = append(p.Notes, match.note(p.UpToDate))
+	}
+	if !p.UpToDate {
+		p.Notes = append(p.Notes, p.dropped...)
+	}
 	return p, nil
 }
 
-func checkPrefix(img *manifest.Image, old *Base) error {
+// baseMatch is how the image's bottom layers match a base's.
+type baseMatch struct {
+	imageRef string
+	baseRef  string
+	layers   int
+	// otherBlobs counts the base's layers that the image stores as other
+	// blobs (same diff_id, other digest); imageTypes and baseTypes are
+	// their compressions on each side.
+	otherBlobs            int
+	imageTypes, baseTypes []string
+}
+
+// matchBase checks that img starts with b's layers, by diff_id. Equal blob
+// digests with different diff_ids mean a corrupt config and are refused
+// too. The refusal names the first layer that differs.
+func matchBase(img *manifest.Image, b *Base) (*baseMatch, error) {
 	layers, diffIDs := img.Manifest.Layers, img.Config.RootFS.DiffIDs
-	if len(old.Layers) > len(layers) {
-		return refuse("%s is not built on %s: the base has %d layers, the image only %d", img.Ref, old.Ref, len(old.Layers), len(layers))
+	if len(b.Layers) > len(layers) {
+		return nil, refuse("%s is not built on %s: the base has %d layers, the image only %d", img.Ref, b.Ref, len(b.Layers), len(layers))
 	}
-	if len(old.Layers) == 0 {
-		return refuse("%s has no layers, it cannot be a base", old.Ref)
+	if len(b.Layers) == 0 {
+		return nil, refuse("%s has no layers, it cannot be a base", b.Ref)
 	}
-	for i, l := range old.Layers {
-		if l.Digest != layers[i].Digest {
-			return refuse("%s is not built on %s: layer %d differs (image %s, base %s)", img.Ref, old.Ref, i+1, short(layers[i].Digest), short(l.Digest))
+	var baseIDs []v1.Hash
+	if b.Config != nil && len(b.Config.RootFS.DiffIDs) == len(b.Layers) {
+		baseIDs = b.Config.RootFS.DiffIDs
+	}
+	m := &baseMatch{imageRef: img.Ref, baseRef: b.Ref, layers: len(b.Layers)}
+	for i, l := range b.Layers {
+		sameBlob := l.Digest == layers[i].Digest
+		switch {
+		case baseIDs == nil && !sameBlob:
+			// A base whose diff_ids are not known (never the case for a
+			// base read with its config) is compared by blob.
+			return nil, refuse("%s is not built on %s: layer %d differs: blob image %s, base %s", img.Ref, b.Ref, i+1, short(layers[i].Digest), short(l.Digest))
+		case baseIDs == nil:
+		case baseIDs[i] != diffIDs[i] && sameBlob:
+			return nil, refuse("%s is not built on %s: layer %d is the same blob %s but the configs give it different diff_ids (image %s, base %s): one of them is corrupt", img.Ref, b.Ref, i+1, short(l.Digest), short(diffIDs[i]), short(baseIDs[i]))
+		case baseIDs[i] != diffIDs[i]:
+			return nil, refuse("%s is not built on %s: layer %d differs: diff_id image %s, base %s", img.Ref, b.Ref, i+1, short(diffIDs[i]), short(baseIDs[i]))
+		case !sameBlob:
+			m.otherBlobs++
+			m.imageTypes = appendNew(m.imageTypes, compressionOf(layers[i].MediaType))
+			m.baseTypes = appendNew(m.baseTypes, compressionOf(l.MediaType))
 		}
 	}
-	if old.Config != nil && len(old.Config.RootFS.DiffIDs) > 0 {
-		for i, d := range old.Config.RootFS.DiffIDs {
-			if i >= len(diffIDs) || d != diffIDs[i] {
-				return refuse("%s is not built on %s: diff_id of layer %d differs", img.Ref, old.Ref, i+1)
-			}
-		}
+	return m, nil
+}
+
+// note says that the base was matched by content, and what that means for
+// the result.
+func (m *baseMatch) note(upToDate bool) Note {
+	what := fmt.Sprintf("%d of %s's %d layers are stored in %s as other blobs (%s there, %s in the base) with the same diff_ids: matched by content",
+		m.otherBlobs, m.baseRef, m.layers, m.imageRef, strings.Join(m.imageTypes, ", "), strings.Join(m.baseTypes, ", "))
+	if upToDate {
+		what += "; up to date, the image keeps its blobs (rewriting them would change only its digest)"
 	}
-	return nil
+	return Note{Code: NoteMatchedByContent, Message: what}
+}
+
+func appendNew(list []string, s string) []string {
+	if slices.Contains(list, s) {
+		return list
+	}
+	return append(list, s)
+}
+
+// compressionOf names a layer media type's compression for messages.
+func compressionOf(mt types.MediaType) string {
+	s := string(mt)
+	switch {
+	case strings.HasSuffix(s, "gzip"):
+		return "gzip"
+	case strings.HasSuffix(s, "zstd"):
+		return "zstd"
+	case strings.HasSuffix(s, "tar"):
+		return "uncompressed"
+	}
+	return s
 }
 
 func checkPlatform(img *manifest.Image, nw *Base) error {
@@ -165,7 +279,8 @@ func checkPlatform(img *manifest.Image, nw *Base) error {
 
 // config builds the new config blob by editing the image's raw config, so
 // that fields this tool does not know survive unchanged.
-func (p *Plan) config(img *manifest.Image, old, nw *Base) ([]byte, error) {
+func (p *Plan) config(in Input, old *Base) ([]byte, error) {
+	img, nw := in.Image, in.New
 	var top map[string]json.RawMessage
 	if err := json.Unmarshal(img.RawConfig, &top); err != nil {
 		return nil, fmt.Errorf("%s: decoding config: %w", img.Ref, err)
@@ -196,6 +311,13 @@ func (p *Plan) config(img *manifest.Image, old, nw *Base) ([]byte, error) {
 		}
 	}
 
+	for _, md := range buildMetadata {
+		if _, ok := top[md.key]; ok {
+			delete(top, md.key)
+			p.dropped = append(p.dropped, Note{Code: NoteBuildMetadataDropped, Message: fmt.Sprintf("%s dropped from the config: %s", md.key, md.why)})
+		}
+	}
+
 	for key, val := range map[string]string{"variant": nw.Config.Variant, "os.version": nw.Config.OSVersion} {
 		if val == "" {
 			delete(top, key)
@@ -208,9 +330,41 @@ func (p *Plan) config(img *manifest.Image, old, nw *Base) ([]byte, error) {
 	if oldCfg == nil {
 		oldCfg = img.Config
 	}
-	merged, err := configmerge.Merge(configmerge.Input{Old: oldCfg, App: img.Config, New: nw.Config, History: own})
+	merged, err := configmerge.Merge(configmerge.Input{Old: oldCfg, App: img.Config, New: nw.Config, History: own, BaseLabel: in.BaseLabel})
 	if err != nil {
 		return nil, err
+	}
+	// History entries a rebuild would record differently, then the label
+	// that names the base.
+	ownStart := len(nw.RawHistory)
+	if hist, ok := top["history"]; ok && own != nil {
+		var entries []json.RawMessage
+		if err := json.Unmarshal(hist, &entries); err != nil {
+			return nil, fmt.Errorf("%s: %w", img.Ref, err)
+		}
+		for _, e := range merged.History {
+			if i := ownStart + e.Entry; i < len(entries) {
+				if entries[i], err = setCreatedBy(entries[i], e.CreatedBy); err != nil {
+					return nil, fmt.Errorf("%s: history entry %d: %w", img.Ref, i+1, err)
+				}
+				p.Changes = append(p.Changes, configmerge.Change{Field: "History", Key: fmt.Sprint(i + 1), Decision: configmerge.DecisionRewritten, From: own[e.Entry].CreatedBy, To: e.CreatedBy})
+			}
+		}
+		if in.Relabel != "" {
+			p.relabelHistory(entries[ownStart:], own, ownStart, in.BaseLabel, img.Config.Config.Labels[in.BaseLabel], in.Relabel)
+		}
+		if err := setJSON(top, "history", entries); err != nil {
+			return nil, err
+		}
+	}
+	if in.Relabel != "" && merged.Config.Labels[in.BaseLabel] != in.Relabel {
+		was := merged.Config.Labels[in.BaseLabel]
+		merged.Config.Labels = maps.Clone(merged.Config.Labels)
+		if merged.Config.Labels == nil {
+			merged.Config.Labels = map[string]string{}
+		}
+		merged.Config.Labels[in.BaseLabel] = in.Relabel
+		p.Changes = append(p.Changes, configmerge.Change{Field: "Labels", Key: in.BaseLabel, Decision: configmerge.DecisionNamesNewBase, From: was, To: in.Relabel})
 	}
 	p.Changes = append(p.Changes, merged.Changes...)
 	p.KeptValues = append(p.KeptValues, merged.Kept...)
@@ -227,6 +381,14 @@ func (p *Plan) config(img *manifest.Image, old, nw *Base) ([]byte, error) {
 		return nil, fmt.Errorf("%s: %w", img.Ref, err)
 	}
 	return json.Marshal(top)
+}
+
+// buildMetadata are the top-level config keys that describe the build that
+// made the image rather than the image: BuildKit writes them. They describe
+// the old layers, so a rebased image loses them.
+var buildMetadata = []struct{ key, why string }{
+	{"moby.buildkit.cache.v0", "BuildKit's inline cache describes the layers of the build that made the image, the old base's among them; a build importing it (--cache-from) must not take them for this image's"},
+	{"moby.buildkit.buildinfo.v1", "BuildKit's build information pins the sources of the build that made the image, the old base among them"},
 }
 
 // historyBoundary returns the index of the image's first history entry above
@@ -380,6 +542,7 @@ func (p *Plan) Explain(w io.Writer) {
 	fmt.Fprintf(w, "new base  %s%s, %d layers\n", p.NewBase.Ref, digestSuffix(p.NewBase.Digest), p.NewBase.Layers)
 	if p.UpToDate {
 		fmt.Fprintf(w, "up to date: %s already sits on %s\n", p.Image, p.NewBase.Ref)
+		p.explainNotes(w)
 		return
 	}
 	fmt.Fprintln(w, "layers:")
@@ -401,10 +564,17 @@ func (p *Plan) Explain(w io.Writer) {
 			fmt.Fprintf(w, "  %s\n", c)
 		}
 	}
+	p.explainNotes(w)
 	for _, wn := range p.Warnings {
 		fmt.Fprintf(w, "warning: %s\n", wn.Message)
 	}
 	fmt.Fprintf(w, "result    %s (%s manifest, %d bytes)\n", p.ManifestDescriptor.Digest, p.Family, p.ManifestDescriptor.Size)
+}
+
+func (p *Plan) explainNotes(w io.Writer) {
+	for _, n := range p.Notes {
+		fmt.Fprintf(w, "note: %s\n", n.Message)
+	}
 }
 
 func historyNote(s configmerge.Style) string {
@@ -422,4 +592,53 @@ func digestSuffix(h v1.Hash) string {
 		return " (taken from the image)"
 	}
 	return " (" + h.String() + ")"
+}
+
+// setCreatedBy returns the raw history entry with created_by set to text;
+// the entry's other bytes are kept when its created_by is found as encoded.
+func setCreatedBy(entry json.RawMessage, text string) (json.RawMessage, error) {
+	var h struct {
+		CreatedBy string `json:"created_by"`
+	}
+	if err := json.Unmarshal(entry, &h); err != nil {
+		return nil, err
+	}
+	oldEnc, _ := json.Marshal(h.CreatedBy)
+	newEnc, _ := json.Marshal(text)
+	key := []byte(`"created_by":`)
+	if i := bytes.Index(entry, key); i >= 0 {
+		rest := bytes.TrimLeft(entry[i+len(key):], " ")
+		if bytes.HasPrefix(rest, oldEnc) {
+			at := len(entry) - len(rest)
+			return slices.Concat(entry[:at], newEnc, entry[at+len(oldEnc):]), nil
+		}
+	}
+	var m map[string]json.RawMessage
+	if err := json.Unmarshal(entry, &m); err != nil {
+		return nil, err
+	}
+	m["created_by"] = newEnc
+	return json.Marshal(m)
+}
+
+// relabelHistory rewrites the last of the application's history entries
+// (raw, and as parsed in own) that set label name to old, so that it sets
+// it to value.
+func (p *Plan) relabelHistory(raw []json.RawMessage, own []v1.History, offset int, name, old, value string) {
+	for i := len(own) - 1; i >= 0 && i < len(raw); i-- {
+		text := own[i].CreatedBy
+		if !strings.Contains(text, "LABEL") {
+			continue
+		}
+		for _, form := range []string{name + "=" + old, name + `="` + old + `"`, name + "='" + old + "'"} {
+			if j := strings.Index(text, form); j >= 0 {
+				next := text[:j] + name + "=" + value + text[j+len(form):]
+				if e, err := setCreatedBy(raw[i], next); err == nil {
+					raw[i] = e
+					p.Changes = append(p.Changes, configmerge.Change{Field: "History", Key: fmt.Sprint(offset + i + 1), Decision: configmerge.DecisionRewritten, From: text, To: next})
+				}
+				return
+			}
+		}
+	}
 }

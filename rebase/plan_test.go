@@ -14,11 +14,28 @@ import (
 	"github.com/image-rebase/image-rebase/manifest"
 )
 
-// layer makes a synthetic layer descriptor and diff_id named by s.
+// layer makes a synthetic layer descriptor and diff_id named by s. A
+// suffix stores the same content as another blob: "a1~zstd" and "a1~tar"
+// have a1's diff_id but their own digests.
 func layer(s string, mt types.MediaType) (v1.Descriptor, v1.Hash) {
+	content, _, _ := strings.Cut(s, "~")
 	d, _, _ := v1.SHA256(strings.NewReader("compressed " + s))
-	u, _, _ := v1.SHA256(strings.NewReader("uncompressed " + s))
+	u, _, _ := v1.SHA256(strings.NewReader("uncompressed " + content))
 	return v1.Descriptor{MediaType: mt, Size: int64(100 + len(s)), Digest: d}, u
+}
+
+// layerType is the media type of the layer named s in an image of family f
+// whose layers are otherwise of type mt.
+func layerType(s string, f manifest.Family, mt types.MediaType) types.MediaType {
+	switch {
+	case strings.HasSuffix(s, "~zstd"):
+		return types.OCILayerZStd
+	case strings.HasSuffix(s, "~tar") && f == manifest.Docker:
+		return types.DockerUncompressedLayer
+	case strings.HasSuffix(s, "~tar"):
+		return types.OCIUncompressedLayer
+	}
+	return mt
 }
 
 type spec struct {
@@ -52,7 +69,7 @@ func image(t *testing.T, s spec) *manifest.Image {
 	cfg := v1.ConfigFile{OS: os, Architecture: arch, RootFS: v1.RootFS{Type: "layers"}, Config: s.config, History: s.history}
 	var layers []v1.Descriptor
 	for _, l := range s.layers {
-		d, diff := layer(l, s.layerMT)
+		d, diff := layer(l, layerType(l, s.family, s.layerMT))
 		layers = append(layers, d)
 		cfg.RootFS.DiffIDs = append(cfg.RootFS.DiffIDs, diff)
 	}
@@ -136,6 +153,8 @@ func TestPlan(t *testing.T) {
 		wantFamily   manifest.Family
 		wantHistory  []string
 		wantWarning  string
+		wantNotes    []string
+		editOld      func(*Base)
 		check        func(t *testing.T, p *Plan, cfg *v1.ConfigFile, m *v1.Manifest)
 	}{
 		{
@@ -212,12 +231,81 @@ func TestPlan(t *testing.T) {
 		{
 			name: "keeps config fields it does not know", old: v1Base, nw: v2Base,
 			img: spec{ref: "reg/app:1", layers: app.layers, history: app.history, config: app.config,
-				extra: map[string]any{"moby.buildkit.buildinfo.v1": "abc"}},
+				extra: map[string]any{"com.example.tool.v1": "abc"}},
 			check: func(t *testing.T, p *Plan, cfg *v1.ConfigFile, m *v1.Manifest) {
-				if !strings.Contains(string(p.Config), `"moby.buildkit.buildinfo.v1":"abc"`) {
+				if !strings.Contains(string(p.Config), `"com.example.tool.v1":"abc"`) {
 					t.Errorf("unknown field lost: %s", p.Config)
 				}
 			},
+		},
+		{
+			name: "drops BuildKit's inline cache and build info, with a note each", old: v1Base, nw: v2Base,
+			img: spec{ref: "reg/app:1", layers: app.layers, history: app.history, config: app.config,
+				extra: map[string]any{"moby.buildkit.cache.v0": "W3sibGF5ZXJzIjpbXX1d", "moby.buildkit.buildinfo.v1": "e30="}},
+			wantNotes: []string{"build-metadata-dropped: moby.buildkit.cache.v0 dropped from the config: BuildKit's inline cache",
+				"build-metadata-dropped: moby.buildkit.buildinfo.v1 dropped"},
+			check: func(t *testing.T, p *Plan, cfg *v1.ConfigFile, m *v1.Manifest) {
+				if strings.Contains(string(p.Config), "moby.buildkit") {
+					t.Errorf("build metadata kept: %s", p.Config)
+				}
+			},
+		},
+		{
+			name: "an image up to date keeps its inline cache, and no note says otherwise", old: v1Base, nw: v1Base, wantUpToDate: true,
+			img: spec{ref: "reg/app:1", layers: app.layers, history: app.history, config: app.config,
+				extra: map[string]any{"moby.buildkit.cache.v0": "W3sibGF5ZXJzIjpbXX1d"}},
+			wantNotes: []string{},
+		},
+		{
+			name: "old base matched by diff_id when the image stores it recompressed (zstd)", old: v1Base, nw: v2Base,
+			img:        spec{ref: "reg/app:z", layers: []string{"a1~zstd", "a2~zstd", "a3~zstd", "app~zstd"}, history: app.history, config: app.config},
+			wantLayers: append(names("b1", "b2", "b3"), digests([]v1.Descriptor{mustLayer("app~zstd")})...),
+			wantNotes:  []string{"matched-by-content: 3 of reg/base:1's 3 layers are stored in reg/app:z as other blobs (zstd there, gzip in the base) with the same diff_ids"},
+			check: func(t *testing.T, p *Plan, cfg *v1.ConfigFile, m *v1.Manifest) {
+				if m.Layers[0].MediaType != types.OCILayer || m.Layers[3].MediaType != types.OCILayerZStd {
+					t.Errorf("layer media types %s, %s: want the new base's gzip and the app's zstd", m.Layers[0].MediaType, m.Layers[3].MediaType)
+				}
+				if fmt.Sprint(digests(p.Removed)) != fmt.Sprint(digests([]v1.Descriptor{mustLayer("a1~zstd"), mustLayer("a2~zstd"), mustLayer("a3~zstd")})) {
+					t.Errorf("removed %v, want the image's own zstd blobs", digests(p.Removed))
+				}
+			},
+		},
+		{
+			name: "old base given uncompressed (a docker save of it) matches a gzip image", nw: v2Base,
+			old:        spec{ref: "docker-archive:base1.tar", family: manifest.Docker, layers: []string{"a1~tar", "a2~tar", "a3~tar"}, history: v1Base.history, config: v1Base.config},
+			img:        app,
+			wantLayers: names("b1", "b2", "b3", "app"),
+			wantNotes:  []string{"matched-by-content: 3 of docker-archive:base1.tar's 3 layers are stored in reg/app:1 as other blobs (gzip there, uncompressed in the base)"},
+		},
+		{
+			name: "docker save application (plain tars) onto registry bases stays docker", old: v1Base, nw: v2Base,
+			img:        spec{ref: "docker-archive:app.tar", family: manifest.Docker, layers: []string{"a1~tar", "a2~tar", "a3~tar", "app~tar"}, history: app.history, config: app.config},
+			wantLayers: append(names("b1", "b2", "b3"), digests([]v1.Descriptor{mustLayer("app~tar")})...),
+			wantFamily: manifest.Docker,
+			wantNotes:  []string{"matched-by-content: 3 of reg/base:1's 3 layers are stored in docker-archive:app.tar as other blobs (uncompressed there, gzip in the base)"},
+			check: func(t *testing.T, p *Plan, cfg *v1.ConfigFile, m *v1.Manifest) {
+				if m.Layers[0].MediaType != types.DockerLayer || m.Layers[3].MediaType != types.DockerUncompressedLayer {
+					t.Errorf("layer media types %s, %s", m.Layers[0].MediaType, m.Layers[3].MediaType)
+				}
+			},
+		},
+		{
+			name: "up to date by content when the image stores the new base recompressed", old: v1Base, nw: v2Base, wantUpToDate: true,
+			img: spec{ref: "reg/app:z", layers: []string{"b1~zstd", "b2~zstd", "b3~zstd", "app"}, history: hist("ADD b1", "COPY b2", "COPY b3", "ENV BASEVER=2", "COPY app"),
+				config: v1.Config{Env: []string{"PATH=/usr/bin", "BASEVER=2"}}},
+			wantNotes: []string{"matched-by-content: 3 of reg/base:2's 3 layers are stored in reg/app:z as other blobs (zstd there, gzip in the base) with the same diff_ids: matched by content; up to date, the image keeps its blobs"},
+		},
+		{
+			name: "refuses a base whose content differs, naming the layer and both diff_ids", img: app, nw: v2Base,
+			old:     spec{ref: "reg/other:1", layers: []string{"a1~zstd", "x2~zstd"}},
+			wantErr: "reg/app:1 is not built on reg/other:1: layer 2 differs: diff_id image sha256:",
+		},
+		{
+			name: "refuses the same blob with two diff_ids (a corrupt config)", img: app, old: v1Base, nw: v2Base,
+			editOld: func(b *Base) {
+				b.Config.RootFS.DiffIDs = []v1.Hash{b.Config.RootFS.DiffIDs[0], b.Config.RootFS.DiffIDs[0], b.Config.RootFS.DiffIDs[2]}
+			},
+			wantErr: "layer 2 is the same blob",
 		},
 		{
 			name: "warns when the base history is not a prefix", old: v1Base, nw: v2Base,
@@ -228,7 +316,11 @@ func TestPlan(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			p, err := New(Input{Image: image(t, tt.img), Old: base(t, tt.old), New: base(t, tt.nw)})
+			old := base(t, tt.old)
+			if tt.editOld != nil {
+				tt.editOld(old)
+			}
+			p, err := New(Input{Image: image(t, tt.img), Old: old, New: base(t, tt.nw)})
 			if tt.wantErr != "" {
 				var re *RefusedError
 				if err == nil || !errors.As(err, &re) || !strings.Contains(err.Error(), tt.wantErr) {
@@ -269,11 +361,29 @@ func TestPlan(t *testing.T) {
 			if tt.wantWarning != "" && !hasWarning(p, tt.wantWarning) {
 				t.Errorf("warnings = %v, want %s", p.Warnings, tt.wantWarning)
 			}
+			if tt.wantNotes != nil {
+				var got []string
+				for _, n := range p.Notes {
+					got = append(got, n.Code+": "+n.Message)
+				}
+				ok := len(got) == len(tt.wantNotes)
+				for i := 0; ok && i < len(got); i++ {
+					ok = strings.HasPrefix(got[i], tt.wantNotes[i])
+				}
+				if !ok {
+					t.Errorf("notes = %q, want prefixes %q", got, tt.wantNotes)
+				}
+			}
 			if tt.check != nil {
 				tt.check(t, p, cfg, m)
 			}
 		})
 	}
+}
+
+func mustLayer(s string) v1.Descriptor {
+	d, _ := layer(s, types.OCILayer)
+	return d
 }
 
 func hasWarning(p *Plan, code string) bool {
@@ -318,5 +428,42 @@ func checkConsistent(t *testing.T, p *Plan, m *v1.Manifest, cfg *v1.ConfigFile) 
 	}
 	if len(cfg.History) > 0 && nonEmpty != len(m.Layers) {
 		t.Errorf("history has %d layer entries for %d layers", nonEmpty, len(m.Layers))
+	}
+}
+
+// TestExplainPrintsNotes checks that --dry-run's text shows the notes, for a
+// rebase and for an image up to date, and that -o json carries them.
+func TestExplainPrintsNotes(t *testing.T) {
+	v1Base := spec{ref: "reg/base:1", layers: []string{"a1"}, history: hist("ADD a1")}
+	v2Base := spec{ref: "reg/base:2", layers: []string{"b1"}, history: hist("ADD b1")}
+	tests := []struct {
+		name string
+		img  spec
+		want []string
+	}{
+		{"rebase", spec{ref: "reg/app:1", layers: []string{"a1~zstd", "app"}, history: hist("ADD a1", "COPY app"),
+			extra: map[string]any{"moby.buildkit.cache.v0": "e30="}},
+			[]string{"note: 1 of reg/base:1's 1 layers are stored in reg/app:1 as other blobs", "note: moby.buildkit.cache.v0 dropped"}},
+		{"up to date", spec{ref: "reg/app:1", layers: []string{"b1~tar", "app"}, history: hist("ADD b1", "COPY app")},
+			[]string{"up to date: reg/app:1 already sits on reg/base:2", "note: 1 of reg/base:2's 1 layers are stored in reg/app:1 as other blobs (uncompressed there, gzip in the base)"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			p, err := New(Input{Image: image(t, tt.img), Old: base(t, v1Base), New: base(t, v2Base)})
+			if err != nil {
+				t.Fatal(err)
+			}
+			var b bytes.Buffer
+			p.Explain(&b)
+			for _, w := range tt.want {
+				if !strings.Contains(b.String(), w) {
+					t.Errorf("explanation lacks %q:\n%s", w, b.String())
+				}
+			}
+			js, _ := json.Marshal(p)
+			if !strings.Contains(string(js), `"notes":[{"code":"`+NoteMatchedByContent) {
+				t.Errorf("json lacks the notes: %s", js)
+			}
+		})
 	}
 }

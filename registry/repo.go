@@ -322,10 +322,16 @@ type MountRefusedError struct {
 	From   string
 	To     string
 	Size   int64
+	// Local is true when From is not a registry (an OCI layout, an
+	// archive): the layer can only be uploaded.
+	Local bool
 }
 
 // Error explains how to proceed.
 func (e *MountRefusedError) Error() string {
+	if e.Local {
+		return fmt.Sprintf("layer %s exists only in %s, not in a registry: writing the result into %s uploads it; rerun with --allow-copy to upload its %d bytes", e.Digest, e.From, e.To, e.Size)
+	}
 	return fmt.Sprintf("cannot mount layer %s from %s into %s without copying it; rerun with --allow-copy to stream its %d bytes registry to registry", e.Digest, e.From, e.To, e.Size)
 }
 
@@ -377,7 +383,7 @@ func (r *Repo) transferOne(ctx context.Context, src engine.Repo, d v1.Descriptor
 		r.cancelUpload(ctx, loc)
 	}
 	if !allowCopy {
-		return 0, &MountRefusedError{Digest: d.Digest, From: src.Name(), To: r.Name(), Size: d.Size}
+		return 0, &MountRefusedError{Digest: d.Digest, From: src.Name(), To: r.Name(), Size: d.Size, Local: !sameRegistry}
 	}
 	return r.copyBlob(ctx, src, d)
 }

@@ -1,6 +1,7 @@
 package scan
 
 import (
+	"strings"
 	"testing"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
@@ -62,6 +63,89 @@ func TestIdentifyAndJudge(t *testing.T) {
 			}
 			if tc.method == "" && f.Reason == "" {
 				t.Error("no reason for an unknown base")
+			}
+		})
+	}
+}
+
+// diffIDs names the content of layers: "os1z" is os1 recompressed.
+func diffIDs(names ...string) []v1.Hash {
+	var out []v1.Hash
+	for _, n := range names {
+		n = strings.TrimSuffix(n, "z")
+		out = append(out, v1.Hash{Algorithm: "sha256", Hex: "content-" + n})
+	}
+	return out
+}
+
+func cand(ref string, names ...string) Candidate {
+	return Candidate{Ref: ref, Repo: "r/base", Digest: v1.Hash{Algorithm: "sha256", Hex: ref}, Layers: layers(names...), DiffIDs: diffIDs(names...)}
+}
+
+// TestMatchByContent: an image starts with a candidate when its diff_ids
+// do, whatever the blobs; its config is asked for only when the blobs leave
+// it open.
+func TestMatchByContent(t *testing.T) {
+	b1, b1dev, b2, b1patched := cand("r/base:1", "os1"), cand("r/base:1-dev", "os1", "dev"), cand("r/base:2", "os2"), cand("r/base:1.1", "os1", "patch")
+	blobOnly := Candidate{Ref: "r/old:1", Repo: "r/old", Layers: layers("os1")}
+	for _, tc := range []struct {
+		name        string
+		layers      []string
+		cands       []Candidate
+		current     Candidate
+		needsConfig bool   // to identify
+		base        string // found with the config
+		needsJudge  bool   // config needed to judge against current, once identified without it
+		stale       bool
+	}{
+		{name: "recompressed copy of base:1: only the config tells", layers: []string{"os1z", "app"}, cands: []Candidate{b1, b2}, current: b2,
+			needsConfig: true, base: "r/base:1", stale: true},
+		{name: "on base:2 recompressed: up to date", layers: []string{"os2z", "app"}, cands: []Candidate{b1, b2}, current: b2,
+			needsConfig: true, base: "r/base:2", stale: false},
+		{name: "base:1's blobs: the manifests tell", layers: []string{"os1", "app"}, cands: []Candidate{b1, b2}, current: b2,
+			base: "r/base:1", stale: true},
+		{name: "a longer candidate is left open by the app's blob", layers: []string{"os1", "app"}, cands: []Candidate{b1, b1dev, b2}, current: b2,
+			needsConfig: true, base: "r/base:1", stale: true},
+		{name: "the longer candidate's layer recompressed", layers: []string{"os1", "devz", "app"}, cands: []Candidate{b1, b1dev, b2}, current: b2,
+			needsConfig: true, base: "r/base:1-dev", stale: true},
+		{name: "current extends the image's base: the config tells", layers: []string{"os1", "app"}, cands: []Candidate{b1}, current: b1patched,
+			base: "r/base:1", needsJudge: true, stale: true},
+		{name: "a candidate without diff_ids matches by blob only", layers: []string{"os1z", "app"}, cands: []Candidate{blobOnly}, current: b2,
+			base: ""},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			img := Image{Ref: "r/app:1", Layers: layers(tc.layers...)}
+			if got := NeedsConfig(img, tc.cands); got != tc.needsConfig {
+				t.Errorf("NeedsConfig = %v, want %v", got, tc.needsConfig)
+			}
+			if !tc.needsConfig {
+				o := Identify(img, tc.cands)
+				if o.Name != tc.base {
+					t.Fatalf("without the config: base %q, want %q", o.Name, tc.base)
+				}
+				if got := NeedsConfigToJudge(img, o, &tc.current); got != tc.needsJudge {
+					t.Errorf("NeedsConfigToJudge = %v, want %v", got, tc.needsJudge)
+				}
+				if f := Judge(img, o, "r/base", &tc.current); !tc.needsJudge && o.Method != "" && f.Stale != tc.stale {
+					t.Errorf("without the config: stale %v, want %v", f.Stale, tc.stale)
+				}
+			}
+			img.DiffIDs = diffIDs(tc.layers...)
+			if NeedsConfig(img, tc.cands) {
+				t.Error("NeedsConfig with the config read")
+			}
+			o := Identify(img, tc.cands)
+			if o.Name != tc.base {
+				t.Fatalf("base %q, want %q", o.Name, tc.base)
+			}
+			if o.Method == "" {
+				return
+			}
+			if NeedsConfigToJudge(img, o, &tc.current) {
+				t.Error("NeedsConfigToJudge with the config read")
+			}
+			if f := Judge(img, o, "r/base", &tc.current); f.Stale != tc.stale {
+				t.Errorf("stale %v, want %v", f.Stale, tc.stale)
 			}
 		})
 	}

@@ -509,8 +509,18 @@ func (s *Scanner) read(ctx context.Context, loc engine.Location) (v1.Descriptor,
 	return desc, nil, nil, &manifest.UnsupportedError{Ref: loc.String(), Kind: kind, MediaType: desc.MediaType}
 }
 
+// readConfig reads the config of the image manifest m at loc.
+func readConfig(ctx context.Context, loc engine.Location, m *v1.Manifest) (*v1.ConfigFile, error) {
+	raw, err := loc.Repo.Blob(ctx, m.Config)
+	if err != nil {
+		return nil, err
+	}
+	return manifest.ParseConfig(loc.String(), raw)
+}
+
 // version reads one version of a base: itself, or each platform image of
-// an index.
+// an index, each with its config (for its diff_ids: images are matched by
+// content).
 func (s *Scanner) version(ctx context.Context, loc engine.Location) (BaseVersion, error) {
 	desc, m, children, err := s.read(ctx, loc)
 	if err != nil {
@@ -518,16 +528,25 @@ func (s *Scanner) version(ctx context.Context, loc engine.Location) (BaseVersion
 	}
 	v := BaseVersion{Ref: loc.String(), Digest: desc.Digest}
 	if m != nil {
-		v.Candidates = []Candidate{{Ref: loc.String(), Repo: loc.Repo.Name(), Digest: desc.Digest, Layers: m.Layers}}
+		cfg, err := readConfig(ctx, loc, m)
+		if err != nil {
+			return BaseVersion{}, err
+		}
+		v.Candidates = []Candidate{{Ref: loc.String(), Repo: loc.Repo.Name(), Digest: desc.Digest, Layers: m.Layers, DiffIDs: cfg.RootFS.DiffIDs}}
 		return v, nil
 	}
 	for _, c := range children {
-		_, cm, _, err := s.read(ctx, engine.Location{Repo: loc.Repo, Digest: c.Digest.String()})
+		child := engine.Location{Repo: loc.Repo, Digest: c.Digest.String()}
+		_, cm, _, err := s.read(ctx, child)
 		if err != nil {
 			return BaseVersion{}, err
 		}
 		if cm != nil {
-			v.Candidates = append(v.Candidates, Candidate{Ref: loc.String(), Repo: loc.Repo.Name(), Digest: c.Digest, Layers: cm.Layers})
+			cfg, err := readConfig(ctx, child, cm)
+			if err != nil {
+				return BaseVersion{}, err
+			}
+			v.Candidates = append(v.Candidates, Candidate{Ref: loc.String(), Repo: loc.Repo.Name(), Digest: c.Digest, Layers: cm.Layers, DiffIDs: cfg.RootFS.DiffIDs})
 		}
 	}
 	if len(v.Candidates) == 0 {
@@ -558,6 +577,30 @@ func (s *Scanner) image(ctx context.Context, loc engine.Location) (Finding, bool
 	s.lock.RLock()
 	cands := s.cands
 	s.lock.RUnlock()
+	// The config (diff_ids, label) is read only when the manifests do not
+	// tell: blobs no candidate has, or no base found by them.
+	read := false
+	config := func() error {
+		if read {
+			return nil
+		}
+		read = true
+		cfg, err := readConfig(ctx, loc, m)
+		if err != nil {
+			return err
+		}
+		label := s.o.Label
+		if label == "" {
+			label = basedetect.DefaultLabel
+		}
+		img.DiffIDs, img.Label = cfg.RootFS.DiffIDs, strings.TrimSpace(cfg.Config.Labels[label])
+		return nil
+	}
+	if NeedsConfig(img, cands) {
+		if err := config(); err != nil {
+			return Finding{}, false, err
+		}
+	}
 	o := Identify(img, cands)
 	if s.o.SameTag && o.Method == ByLayers && !s.isBaseRef(o.Name) {
 		// The layers show a version of another tag (base:1.2-dev, or
@@ -566,21 +609,10 @@ func (s *Scanner) image(ctx context.Context, loc engine.Location) (Finding, bool
 		cands = nil
 		o = Identify(img, nil)
 	}
-	if o.Method == "" {
-		// The label is in the config: read it only when nothing else told.
-		raw, err := loc.Repo.Blob(ctx, m.Config)
-		if err != nil {
+	if o.Method == "" && !read {
+		if err := config(); err != nil {
 			return Finding{}, false, err
 		}
-		cfg, err := manifest.ParseConfig(loc.String(), raw)
-		if err != nil {
-			return Finding{}, false, err
-		}
-		label := s.o.Label
-		if label == "" {
-			label = basedetect.DefaultLabel
-		}
-		img.Label = strings.TrimSpace(cfg.Config.Labels[label])
 		o = Identify(img, cands)
 	}
 	var cur *Candidate
@@ -601,6 +633,11 @@ func (s *Scanner) image(ctx context.Context, loc engine.Location) (Finding, bool
 			cur = nb.c
 		} else {
 			return Finding{}, false, nil
+		}
+	}
+	if NeedsConfigToJudge(img, o, cur) {
+		if err := config(); err != nil {
+			return Finding{}, false, err
 		}
 	}
 	return Judge(img, o, repo, cur), true, nil

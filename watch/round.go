@@ -134,7 +134,7 @@ func (w *Watcher) wantVersion(b *base, digest string) {
 // staleOn says whether d is not on version v of its base.
 func (d *dep) staleOn(v scan.BaseVersion) bool {
 	for _, c := range v.Candidates {
-		if d.f.Layers != nil && rebase.HasLayerPrefix(d.f.Layers, c.Layers) || d.f.Layers == nil && d.on == c.Digest {
+		if d.f.Layers != nil && d.f.StartsWith(c) || d.f.Layers == nil && d.on == c.Digest {
 			return false
 		}
 	}
@@ -268,7 +268,7 @@ func (w *Watcher) finish(b *base, key string, attempt int, res *engine.Result, e
 		}
 		w.mu.Lock()
 		if d := w.deps[key]; d != nil && d.b == b {
-			d.f.Digest, d.f.Layers, d.stale, d.reidentify, d.dropFrom = res.After, nil, false, false, false
+			d.f.Digest, d.f.Layers, d.f.DiffIDs, d.stale, d.reidentify, d.dropFrom = res.After, nil, nil, false, false, false
 			d.on = res.NewBase.Digest
 			if res.NewBase.Digest != (v1.Hash{}) {
 				repo, _ := splitRef(b.ref)
