@@ -403,8 +403,8 @@ func TestWatch(t *testing.T) {
 	t.Run("polling only", func(t *testing.T) {
 		// Another port: the registry's notifications do not reach it.
 		w := startWatcher(t, r, freePort(t), append(watchArgs, "--poll", "2s")...)
-		pushed := time.Now()
 		r.copyTag(t, "base:3", "base:stable")
+		pushed := time.Now()
 		w.waitFor("round finished", 1, 60*time.Second)
 		took := time.Since(pushed)
 		round := w.lines("round finished")[0]

@@ -177,9 +177,11 @@ func (w *Watcher) process(ctx context.Context, key string) {
 		w.finish(b, key, attempt, nil, err, time.Since(start), gen)
 		return
 	}
+	unlock := w.lockImage(f.Digest.String())
 	rctx, cancel := context.WithTimeout(ctx, w.cfg.RebaseTimeout)
 	res, err := shared.Rebase(rctx, req)
 	cancel()
+	unlock()
 	w.finish(b, key, attempt, res, err, time.Since(start), gen)
 }
 

@@ -117,6 +117,10 @@ type Watcher struct {
 	written map[string]time.Time
 	roundN  int
 
+	// sameImage serialises the rebases of tags that name the same image.
+	sameMu    sync.Mutex
+	sameImage map[string]*imageLock
+
 	draining atomic.Bool
 	runCtx   context.Context // Run's: ends when the watcher stops accepting work
 	indexed  atomic.Int32    // groups whose index is built
@@ -248,7 +252,7 @@ func New(cfg Config) (*Watcher, error) {
 		cfg.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
 	}
 	w := &Watcher{cfg: cfg, log: cfg.Logger, q: newQueue(), deps: map[string]*dep{}, inRound: map[string]*round{},
-		written: map[string]time.Time{}, bgSem: make(chan struct{}, cfg.Jobs), runCtx: context.Background()}
+		written: map[string]time.Time{}, sameImage: map[string]*imageLock{}, bgSem: make(chan struct{}, cfg.Jobs), runCtx: context.Background()}
 	w.m = newMetrics(func() float64 { return float64(w.q.length()) })
 	w.client = cfg.NewClient()
 	hosts := map[string]bool{}
@@ -355,6 +359,39 @@ func (w *Watcher) Run(ctx context.Context, ln net.Listener) error {
 	srv.Shutdown(shutCtx)
 	w.log.Info("stopped")
 	return err
+}
+
+// imageLock is held while an image (by digest) is rebased under one of
+// its tags.
+type imageLock struct {
+	mu sync.Mutex
+	n  int
+}
+
+// lockImage waits until no other tag naming the image of digest d is being
+// rebased, and returns the unlock. Such tags get the same result: their
+// rebases write the same config and manifest, and a registry may fail one
+// of two concurrent writes of one blob (Distribution's filesystem storage
+// answers DIGEST_INVALID). One after the other, the second finds the
+// blobs there.
+func (w *Watcher) lockImage(d string) func() {
+	w.sameMu.Lock()
+	l := w.sameImage[d]
+	if l == nil {
+		l = &imageLock{}
+		w.sameImage[d] = l
+	}
+	l.n++
+	w.sameMu.Unlock()
+	l.mu.Lock()
+	return func() {
+		l.mu.Unlock()
+		w.sameMu.Lock()
+		if l.n--; l.n == 0 {
+			delete(w.sameImage, d)
+		}
+		w.sameMu.Unlock()
+	}
 }
 
 // currentClient returns the registry client and its generation.

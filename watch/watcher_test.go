@@ -732,3 +732,52 @@ func TestRegistryDownAtStart(t *testing.T) {
 		t.Errorf("index_builds_total error = %q", got)
 	}
 }
+
+// TestTagsOfOneImageOneAtATime: tags naming the same image get the same
+// result; their manifest writes never overlap (a registry may fail one of
+// two concurrent writes of a blob), and each is rebased at once.
+func TestTagsOfOneImageOneAtATime(t *testing.T) {
+	var mu sync.Mutex
+	inFlight, most := map[string]int{}, 0
+	fx := newFixture(t, true, regtest.WithHandler(func(h http.Handler) http.Handler {
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if r.Method != http.MethodPut || !strings.Contains(r.URL.Path, "/manifests/") || !strings.Contains(r.UserAgent(), "image-rebase") {
+				h.ServeHTTP(w, r)
+				return
+			}
+			body, _ := io.ReadAll(r.Body)
+			r.Body = io.NopCloser(bytes.NewReader(body))
+			d := string(body) // the same document is the same digest
+			mu.Lock()
+			inFlight[d]++
+			most = max(most, inFlight[d])
+			mu.Unlock()
+			time.Sleep(50 * time.Millisecond)
+			h.ServeHTTP(w, r)
+			mu.Lock()
+			inFlight[d]--
+			mu.Unlock()
+		})
+	}))
+	reg := fx.reg
+	reg.Push(t, "base:stable", fx.b[1])
+	img := app(t, fx.b[1], "same")
+	for _, ref := range []string{"app:1", "app:2", "app:latest", "app:stable", "other:1"} {
+		reg.Push(t, ref, img)
+	}
+	reg.Push(t, "app:different", app(t, fx.b[1], "different"))
+	fx.start(watch.Config{})
+	reg.Push(t, "base:stable", fx.b[2])
+	s := fx.round(20 * time.Second)
+	if count(s, watch.OutcomeRebased) != 6 {
+		t.Fatalf("round %+v", s)
+	}
+	for _, im := range s.Images {
+		if im.Attempts != 1 {
+			t.Errorf("%s: %d attempts", im.Image, im.Attempts)
+		}
+	}
+	if most != 1 {
+		t.Errorf("%d writes of one manifest at once, want 1", most)
+	}
+}
