@@ -262,6 +262,9 @@ func TestEventRoundRebasesEveryDependent(t *testing.T) {
 	reg.Push(t, "team/svc:1", app(t, b1, "svc"))
 	reg.Push(t, "labelled:1", app(t, b1, "labelled", testimage.Label("FROM", "base:stable")))
 	reg.Push(t, "annotated:1", app(t, b1, "annotated", testimage.BaseAnnotations(reg.Host+"/base:stable")))
+	// On another tag of the base's repository: never moved to stable.
+	reg.Push(t, "base:old", fx.b[3])
+	reg.Push(t, "pinned:1", app(t, fx.b[3], "pinned"))
 	other, _ := testimage.Base(testimage.Docker, "9")
 	reg.Push(t, "other:1", other)
 	reg.Push(t, "elsewhere:1", app(t, other, "elsewhere"))
