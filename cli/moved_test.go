@@ -12,6 +12,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/types"
 
 	ti "github.com/image-rebase/image-rebase/internal/testimage"
+	"github.com/image-rebase/image-rebase/manifest"
 )
 
 // Automatic mode when the tag the image's label names has moved on to the
@@ -363,4 +364,39 @@ func TestLabelWithoutHistory(t *testing.T) {
 			t.Fatal("written")
 		}
 	})
+}
+
+// The result's base annotations name the new base as a registry serves it,
+// also when the base is an index (not "base:2 [linux/amd64]"), so that the
+// next automatic rebase follows them.
+func TestBaseAnnotationsOfAnIndexBase(t *testing.T) {
+	reg := startRegistry(t)
+	h := "http://" + reg.Host
+	idx := func(b v1.Image) v1.ImageIndex {
+		return mutate.AppendManifests(mutate.IndexMediaType(empty.Index, types.OCIImageIndex),
+			mutate.IndexAddendum{Add: b, Descriptor: v1.Descriptor{Platform: &v1.Platform{OS: "linux", Architecture: "amd64"}}})
+	}
+	b1, b2, b3 := bkBase(t, "1", "/bin", "/"), bkBase(t, "2", "/bin", "/"), bkBase(t, "3", "/bin", "/")
+	reg.PushIndex(t, "base:1", idx(b1))
+	reg.PushIndex(t, "base:2", idx(b2))
+	// No label: the annotations are all the next rebase has.
+	a := build(t, b1, bkStep(ti.Copy("COPY app /app # buildkit", map[string]string{"app": "app"})))
+	reg.Push(t, "app:1", a)
+	if code, out, stderr := run(t, h, "app:1", "--from-base", "base:1", "--to-base", "base:2"); code != 0 {
+		t.Fatalf("exit %d: %s%s", code, out, stderr)
+	}
+	m, err := reg.Image(t, "app:1").Manifest()
+	if err != nil {
+		t.Fatal(err)
+	}
+	b2d, _ := b2.Digest()
+	if got := m.Annotations[manifest.BaseNameAnnotation]; got != reg.Ref("base:2") || m.Annotations[manifest.BaseDigestAnnotation] != b2d.String() {
+		t.Fatalf("annotations %v, want base.name %s and base.digest %s (the platform image)", m.Annotations, reg.Ref("base:2"), b2d)
+	}
+	reg.PushIndex(t, "base:2", idx(b3))
+	res := runJSON(t, h, "app:1")
+	if res.Action != "rebased" || res.Detect.Method != "annotation" || res.Detect.OldBaseDigest != b2d.String() {
+		t.Fatalf("second rebase by the annotations: %+v", res)
+	}
+	checkLayers(t, reg, "app:1", b3, a, 1)
 }

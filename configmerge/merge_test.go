@@ -155,6 +155,34 @@ func TestMerge(t *testing.T) {
 			warn:  []string{CodeOldValueEmbedded, CodeWorkdirMoved},
 		},
 		{
+			name: "three-way: what the image appended after the base's PATH is kept (ENV PATH=$PATH:/app/bin)",
+			old:  baseV1, nw: baseV2,
+			app: appOn(baseV1, func(c *v1.Config) {
+				setEnv(c, "PATH=/usr/local/bin:/usr/bin:/bin:/app/bin")
+			}),
+			want: func(t *testing.T, r *Result) {
+				if !slices.Contains(r.Config.Env, "PATH=/opt/new/bin:/usr/bin:/bin:/app/bin") {
+					t.Errorf("env = %q, want PATH=/opt/new/bin:/usr/bin:/bin:/app/bin", r.Config.Env)
+				}
+			},
+			style:   StyleUnknown,
+			changes: []string{"Env PATH: app suffix kept, base part /usr/local/bin:/usr/bin:/bin → /opt/new/bin:/usr/bin:/bin"},
+		},
+		{
+			name: "three-way: the image's parts before and after the base's PATH are kept",
+			old:  baseV1, nw: baseV2,
+			app: appOn(baseV1, func(c *v1.Config) {
+				setEnv(c, "PATH=/app/bin:/usr/local/bin:/usr/bin:/bin:/app/sbin")
+			}),
+			want: func(t *testing.T, r *Result) {
+				if !slices.Contains(r.Config.Env, "PATH=/app/bin:/opt/new/bin:/usr/bin:/bin:/app/sbin") {
+					t.Errorf("env = %q, want PATH=/app/bin:/opt/new/bin:/usr/bin:/bin:/app/sbin", r.Config.Env)
+				}
+			},
+			style:   StyleUnknown,
+			changes: []string{"Env PATH: app parts kept, base part /usr/local/bin:/usr/bin:/bin → /opt/new/bin:/usr/bin:/bin"},
+		},
+		{
 			name: "three-way without history: an entrypoint set by a tool (crane, umoci) leaves the inherited CMD to follow the base",
 			old:  baseV1, nw: baseV2,
 			app: appOn(baseV1, func(c *v1.Config) {

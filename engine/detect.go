@@ -31,9 +31,9 @@ type Detect struct {
 	Resolve func(ref string, relative bool) (Location, error)
 }
 
-// rebaseDetected rebases a single-platform image whose old base is found
-// from what the image records. Rounds: the image's manifest (with NEW's
-// when given: done by the caller); the image's config, which holds the
+// rebaseDetectedIn rebases, within a run, a single-platform image whose
+// old base is found from what the image records. Rounds: the image's
+// manifest (with NEW's when given: done by the caller); the image's config, which holds the
 // label (with NEW's config); the base the image names and the old base by
 // digest, manifest then config, with the config upload opened alongside
 // when a write is likely; then Apply's two rounds.
@@ -144,6 +144,7 @@ func rebaseDetectedIn(ctx context.Context, req Request, target WritableRepo, img
 		cancel()
 		return nil, err
 	}
+	nb.Name = newLoc.String()
 	if w := backwards(choice, old, nw); w != nil {
 		dec.Warnings = append(dec.Warnings, *w)
 	}
@@ -342,6 +343,7 @@ func rebaseDetectedIndex(ctx context.Context, req Request, target WritableRepo, 
 		if err != nil {
 			return err
 		}
+		nb.Name = newLoc.String()
 		label, relabel, warning := detectedLabel(req, choice, app)
 		if w.plan, err = rebase.New(rebase.Input{Image: app, Old: dec.Old, New: nb, BaseLabel: label, Relabel: relabel}); err != nil {
 			return fmt.Errorf("platform %s: %w", w.name, err)

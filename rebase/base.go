@@ -17,8 +17,12 @@ import (
 // Base is the part of an image below the application: the bottom layers,
 // their diff_ids and history entries, and the base image's config.
 type Base struct {
-	// Ref names the base as the user or the image gave it.
+	// Ref names the base as the user or the image gave it, in messages
+	// (for a platform of an index: "host/base:2 [linux/arm64]").
 	Ref string
+	// Name is the base's reference as a registry serves it, written in the
+	// result's base annotations; empty means Ref.
+	Name string
 	// Digest is the base manifest's digest; zero when the base was derived
 	// from the application image itself (its manifest may be gone).
 	Digest v1.Hash

@@ -460,6 +460,9 @@ func (p *Plan) manifest(img *manifest.Image, nw *Base) error {
 			m.Annotations = map[string]string{}
 		}
 		m.Annotations[manifest.BaseNameAnnotation] = nw.Ref
+		if nw.Name != "" {
+			m.Annotations[manifest.BaseNameAnnotation] = nw.Name
+		}
 		if nw.Digest != (v1.Hash{}) {
 			m.Annotations[manifest.BaseDigestAnnotation] = nw.Digest.String()
 		}
