@@ -205,6 +205,29 @@ func (r *registryServer) digestOf(t *testing.T, repoTag string) string {
 	return strings.TrimSpace(run(t, "skopeo", "manifest-digest", writeTemp(t, r.inspect(t, repoTag))))
 }
 
+// reached reports whether repoTag is on base now, for a wait loop: an
+// error (docker-registry may answer 500 to a read of a tag being written)
+// is "not yet".
+func (r *registryServer) reached(t *testing.T, repoTag string, base []string) bool {
+	t.Helper()
+	args := append(append([]string{"inspect", "--raw"}, r.tlsFlag("")...), "--creds", r.creds(), "docker://"+r.Host+"/"+repoTag)
+	out, err := exec.Command("skopeo", args...).Output()
+	if err != nil {
+		t.Logf("skopeo inspect %s (retried): %v", repoTag, err)
+		return false
+	}
+	m := parseManifest(t, string(out))
+	if len(m.Layers) < len(base) {
+		return false
+	}
+	for i, l := range base {
+		if m.Layers[i].Digest != l {
+			return false
+		}
+	}
+	return true
+}
+
 // copyTag copies src to dst within r (skopeo, the registry mounting the
 // layers).
 func (r *registryServer) copyTag(t *testing.T, src, dst string) {
@@ -321,7 +344,7 @@ func TestWatch(t *testing.T) {
 		for deadline := time.Now().Add(60 * time.Second); ; {
 			ok := true
 			for _, d := range deps {
-				ok = ok && r.onBase(t, d, base[3])
+				ok = ok && r.reached(t, d, base[3])
 			}
 			if ok {
 				break
@@ -354,7 +377,7 @@ func TestWatch(t *testing.T) {
 		for _, dst := range []string{"late:1", "app:late"} {
 			run(t, "skopeo", append(append([]string{"copy"}, r.tlsFlag("dest-")...), "--dest-creds", r.creds(), "oci:"+layout+":late", "docker://"+r.Host+"/"+dst)...)
 		}
-		for deadline := time.Now().Add(60 * time.Second); !r.onBase(t, "late:1", base[2]) || !r.onBase(t, "app:late", base[2]); {
+		for deadline := time.Now().Add(60 * time.Second); !r.reached(t, "late:1", base[2]) || !r.reached(t, "app:late", base[2]); {
 			if time.Now().After(deadline) {
 				t.Fatal("the dependents pushed during the round were not rebased")
 			}
