@@ -427,7 +427,7 @@ func apply(ctx context.Context, req Request, plan *rebase.Plan, session BlobUplo
 		return nil, unchanged(req, err)
 	}
 	upToDate, backupTag, warnings, err := guard.commit(ctx, plan.ImageDescriptor, plan.ImageManifest, func() error {
-		return target.PutManifest(ctx, req.Target.Tag, plan.ManifestDescriptor, plan.Manifest)
+		return r.putManifest(ctx, target, req.Target.Tag, plan.ManifestDescriptor, plan.Manifest)
 	})
 	if err != nil {
 		return nil, err
