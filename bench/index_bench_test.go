@@ -24,7 +24,7 @@ var benchArches = []string{"amd64", "arm64"}
 // indexFixture pushes base:1 and base:2 as two-platform indexes (3 layers
 // per platform, none shared) and returns the two-platform app index on
 // base:1 (2 layers of its own per platform) and every layer's digest.
-func indexFixture(b *testing.B, reg *regtest.Registry) (v1.ImageIndex, map[string]bool) {
+func indexFixture(b testing.TB, reg *regtest.Registry) (v1.ImageIndex, map[string]bool) {
 	layers := map[string]bool{}
 	note := func(img v1.Image) v1.Image {
 		for _, l := range must(img.Layers()) {

@@ -23,7 +23,7 @@ const latency = 50 * time.Millisecond
 // fixture pushes base:1 and base:2 (3 layers each, none shared: the worst
 // case) straight to the registry, and returns a builder of app images on
 // base:1 (2 layers of their own).
-func fixture(b *testing.B, reg *regtest.Registry) v1.Image {
+func fixture(b testing.TB, reg *regtest.Registry) v1.Image {
 	base := func(v string) v1.Image {
 		img, err := testimage.Build(nil, testimage.Linux,
 			testimage.Copy("ADD os", map[string]string{"etc/os-release": "v" + v, "bin/sh": "sh " + v}),
@@ -64,7 +64,7 @@ func (m *measure) add(p *proxytest.Proxy, layers map[string]bool, d time.Duratio
 
 // layerDigests lists the layers of the images, to tell layer bytes from
 // config bytes.
-func layerDigests(b *testing.B, reg *regtest.Registry, refs ...string) map[string]bool {
+func layerDigests(b testing.TB, reg *regtest.Registry, refs ...string) map[string]bool {
 	out := map[string]bool{}
 	for _, r := range refs {
 		ls, err := reg.Image(b, r).Layers()

@@ -76,7 +76,7 @@ cannot be read (an unreachable registry for --all-tags or --scan); 10 with
 	fl.StringArrayVar(&f.scan.bases, "base", nil, "with --scan: the current base, as scan --base")
 	fl.StringArrayVar(&f.scan.repos, "repo", nil, "with --scan: walk only this repository (repeatable)")
 	fl.IntVarP(&f.jobs, "jobs", "j", 32, "rebase this many images at once")
-	fl.DurationVar(&f.recheckAfter, "recheck-after", time.Second, "read an image's tag again just before writing it when it was read longer ago than this (0: always, as a single rebase does); see docs/batch.md")
+	fl.DurationVar(&f.recheckAfter, "recheck-after", 0, "skip the read of an image's tag just before writing it when the image was read less than this ago (saves a request per image; a push to the tag in that time is overwritten); default 0: every tag is read again, as a single rebase does; see docs/batch.md")
 	addRebaseFlags(cmd, &f.rebaseFlags)
 	fl.BoolVar(&f.force, "force", false, "write without reading the tags again before writing")
 	fl.BoolVar(&f.dryRun, "dry-run", false, "plan every image and write nothing")
@@ -104,6 +104,10 @@ type batchOutcome struct {
 	ExitCode int     `json:"exitCode"`
 	Seconds  float64 `json:"seconds"`
 	*engine.Result
+
+	// baseFailure is set when the image failed because a base the batch
+	// shares could not be read.
+	baseFailure *engine.BaseReadError
 }
 
 // failed is the action of an image whose rebase failed.
@@ -231,7 +235,11 @@ func outcome(req engine.Request, res *engine.Result, err error, d time.Duration)
 		o.Action = string(res.Action)
 	}
 	if err != nil {
-		o.Action, o.Error, o.ExitCode = failed, oneLine(err), exitCode(err)
+		o.Action, o.Error, o.ExitCode = failed, failureLine(err), exitCode(err)
+		var be *engine.BaseReadError
+		if errors.As(err, &be) {
+			o.baseFailure = be
+		}
 	}
 	return o
 }

@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
@@ -208,4 +209,72 @@ func TestBatchOneTokenForAllRepositories(t *testing.T) {
 			t.Errorf("token scopes %q lack %q", tokens[0], want)
 		}
 	}
+}
+
+// TestBatchOverAThousandRepositoriesOfATokenRegistry: a batch over 1,000
+// repositories of a bearer-token registry (its token server refuses URLs
+// over 8 KiB, as nginx does) asks for tokens per group of repositories,
+// each request short, and rebases every image.
+func TestBatchOverAThousandRepositoriesOfATokenRegistry(t *testing.T) {
+	if testing.Short() {
+		t.Skip("1,000 repositories: not in -short")
+	}
+	reg := regtest.Start(t, regtest.WithBasicAuth("carol", "t0ken-pass"), regtest.WithTokenAuth())
+	b1 := image(t, nil, "amd64", "V=1", map[string]string{"os": "one"})
+	reg.Push(t, "base:1", b1)
+	reg.Push(t, "base:2", image(t, nil, "amd64", "V=2", map[string]string{"os": "two"}))
+	app := image(t, b1, "amd64", "APP=1", map[string]string{"app": "app"})
+	const n = 1000
+	refs := make([]string, n)
+	var wg sync.WaitGroup
+	next := make(chan int)
+	for range 16 {
+		wg.Go(func() {
+			for i := range next {
+				refs[i] = fmt.Sprintf("team/service-%04d:1", i)
+				reg.Push(t, refs[i], app)
+			}
+		})
+	}
+	for i := range n {
+		next <- i
+	}
+	close(next)
+	wg.Wait()
+	t.Setenv("DOCKER_CONFIG", reg.DockerConfigDir(t))
+	file := filepath.Join(t.TempDir(), "images")
+	if err := os.WriteFile(file, []byte(strings.Join(refs, "\n")+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	tokensBefore := len(reg.TokenScopes())
+	code, out, stderr := run(t, "batch", "-r", "http://"+reg.Host, "-f", file, "--from-base", "base:1", "--to-base", "base:2")
+	if code != 0 || !strings.Contains(out, fmt.Sprintf("rebased       %d", n)) {
+		t.Fatalf("exit %d: %s%s", code, lastLines(out, 10), stderr)
+	}
+	tokens := reg.TokenScopes()[tokensBefore:]
+	if reg.TokenURLsRefused() != 0 {
+		t.Errorf("%d token requests refused as too long", reg.TokenURLsRefused())
+	}
+	most := 0
+	for _, s := range tokens {
+		most = max(most, len(strings.Fields(s)))
+	}
+	// 32 repositories per group, and each group's token asked again once
+	// when it first mounts from base.
+	if len(tokens) > 2*(n/32+2) || most > 34 {
+		t.Errorf("%d token requests, the largest for %d scopes; want about one or two per group of 32 repositories", len(tokens), most)
+	}
+	for _, ref := range []string{refs[0], refs[n/2], refs[n-1]} {
+		ls, _ := reg.Image(t, ref).Layers()
+		d, _ := ls[0].Digest()
+		b2, _ := reg.Image(t, "base:2").Layers()
+		if want, _ := b2[0].Digest(); d != want {
+			t.Errorf("%s is not on base:2", ref)
+		}
+	}
+}
+
+func lastLines(s string, n int) string {
+	lines := strings.Split(strings.TrimSpace(s), "\n")
+	return strings.Join(lines[max(0, len(lines)-n):], "\n")
 }

@@ -71,7 +71,59 @@ func exitCode(err error) int {
 	return ExitFailure
 }
 
-// oneLine folds a (possibly joined) error into a single line.
+// oneLine folds a (possibly joined) error into a single line, with any
+// credentials written in a reference redacted.
 func oneLine(err error) string {
-	return strings.Join(strings.Fields(strings.ReplaceAll(err.Error(), "\n", "; ")), " ")
+	return redactCredentials(strings.Join(strings.Fields(strings.ReplaceAll(err.Error(), "\n", "; ")), " "))
+}
+
+// failureLine is the line that reports a failed rebase: the error, and
+// whether anything was written. Failures after the first write say what
+// was written themselves (engine.WriteError); every other failure happened
+// before any write.
+func failureLine(err error) string {
+	var we *engine.WriteError
+	if errors.As(err, &we) || errors.Is(err, errWouldRebase) {
+		return oneLine(err)
+	}
+	return oneLine(err) + "; nothing written"
+}
+
+// redactCredentials replaces the credentials of any reference or URL in s
+// written with them ("https://user:pass@host", "user:pass@host/app:1") by
+// "***": they would otherwise be echoed by the errors that quote a
+// reference.
+func redactCredentials(s string) string {
+	var b strings.Builder
+	for {
+		at := strings.IndexByte(s, '@')
+		if at < 0 {
+			b.WriteString(s)
+			return b.String()
+		}
+		// The word the '@' ends: back to a space, a quote, a '/' or "://".
+		start := at
+		for start > 0 && !strings.ContainsRune(" \t\"'`(/,;=", rune(s[start-1])) {
+			start--
+		}
+		user := s[start:at]
+		if user != "" && !isDigestAt(s[at+1:]) {
+			b.WriteString(s[:start])
+			b.WriteString("***@")
+		} else {
+			b.WriteString(s[:at+1])
+		}
+		s = s[at+1:]
+	}
+}
+
+// isDigestAt reports whether s starts with a digest ("sha256:…"), as after
+// the '@' of "app@sha256:…".
+func isDigestAt(s string) bool {
+	for _, alg := range []string{"sha256:", "sha384:", "sha512:"} {
+		if strings.HasPrefix(s, alg) {
+			return true
+		}
+	}
+	return false
 }

@@ -65,6 +65,8 @@ func (p *batchPrinter) add(o batchOutcome) {
 // line prints one image's outcome.
 func (p *batchPrinter) line(w io.Writer, o batchOutcome) {
 	switch {
+	case o.Action == failed && o.baseFailure != nil:
+		fmt.Fprintf(w, "%-12s %s: the base %s could not be read (see the summary); nothing written\n", o.Action, o.Image, o.baseFailure.Ref)
 	case o.Action == failed:
 		fmt.Fprintf(w, "%-12s %s: %s\n", o.Action, o.Image, o.Error)
 	case o.Result != nil && o.Result.Action != engine.UpToDate:
@@ -88,14 +90,52 @@ func (p *batchPrinter) countsText() string {
 	return strings.Join(parts, ", ")
 }
 
+// baseFailure groups the images that failed because one base could not be
+// read.
+type baseFailure struct {
+	ref, err string
+	code     int
+	images   []string
+}
+
+// baseFailures splits the failures into those of an unreadable base,
+// grouped per base, and the others.
+func (p *batchPrinter) baseFailures() ([]*baseFailure, []batchOutcome) {
+	var groups []*baseFailure
+	byRef := map[string]*baseFailure{}
+	var others []batchOutcome
+	for _, o := range p.failures {
+		if o.baseFailure == nil {
+			others = append(others, o)
+			continue
+		}
+		g, ok := byRef[o.baseFailure.Ref]
+		if !ok {
+			g = &baseFailure{ref: o.baseFailure.Ref, err: oneLine(o.baseFailure.Err), code: o.ExitCode}
+			byRef[g.ref] = g
+			groups = append(groups, g)
+		}
+		g.images = append(g.images, o.Image)
+	}
+	return groups, others
+}
+
 // finish prints the summary and returns the batch's error: nil when no
 // image failed.
 func (p *batchPrinter) finish() error {
 	elapsed := time.Since(p.start)
+	bases, others := p.baseFailures()
 	if p.f.output == "json" {
 		sum := map[string]any{"images": p.total, "seconds": elapsed.Round(time.Millisecond).Seconds(), "failed": len(p.failures)}
 		for a, n := range p.counts {
 			sum[a] = n
+		}
+		if len(bases) > 0 {
+			var bs []map[string]any
+			for _, g := range bases {
+				bs = append(bs, map[string]any{"base": g.ref, "error": g.err, "exitCode": g.code, "images": len(g.images)})
+			}
+			sum["baseReadFailures"] = bs
 		}
 		b, _ := json.Marshal(map[string]any{"summary": sum})
 		fmt.Fprintf(p.out, "%s\n", b)
@@ -113,7 +153,11 @@ func (p *batchPrinter) finish() error {
 		}
 		if len(p.failures) > 0 {
 			fmt.Fprintln(p.out, "failed:")
-			for _, o := range p.failures {
+			for _, g := range bases {
+				fmt.Fprintf(p.out, "  the base %s could not be read (exit %d): %s\n", g.ref, g.code, g.err)
+				fmt.Fprintf(p.out, "    so %d images were not rebased, nothing written for them: %s\n", len(g.images), strings.Join(g.images, ", "))
+			}
+			for _, o := range others {
 				fmt.Fprintf(p.out, "  %s (exit %d): %s\n", o.Image, o.ExitCode, o.Error)
 			}
 			fmt.Fprintln(p.out, "run the same command again to finish: images already rebased are skipped as up to date")

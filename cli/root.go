@@ -8,12 +8,14 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"slices"
 	"strings"
 	"time"
 
 	"github.com/google/go-containerregistry/pkg/name"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
 
 	"github.com/image-rebase/image-rebase/basedetect"
 	"github.com/image-rebase/image-rebase/engine"
@@ -31,8 +33,13 @@ func Main(args []string, stdout, stderr io.Writer) int {
 	cmd := NewCommand(stdout, stderr)
 	cmd.SetArgs(args)
 	err := cmd.ExecuteContext(ctx)
-	if err != nil && !errors.Is(err, errWouldRebase) {
+	switch {
+	case err == nil, errors.Is(err, errWouldRebase):
+	case errors.Is(err, errBatchFailed):
+		// Each image's failure was reported, with what was written.
 		fmt.Fprintf(stderr, "image-rebase: %s\n", oneLine(err))
+	default:
+		fmt.Fprintf(stderr, "image-rebase: %s\n", failureLine(err))
 	}
 	return exitCode(err)
 }
@@ -106,6 +113,10 @@ from a local target are copied there.`,
 		},
 		SilenceUsage:  true,
 		SilenceErrors: true,
+		// Every command refuses empty values and durations that are not
+		// positive: an unset variable in a script must not change the
+		// meaning of the command.
+		PersistentPreRunE: func(cmd *cobra.Command, _ []string) error { return checkFlagValues(cmd) },
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return runRebase(cmd.Context(), f, cmd.Flags().Changed, args, stdout, stderr)
 		},
@@ -123,7 +134,7 @@ from a local target are copied there.`,
 	fl.BoolVar(&f.checkSignatures, "check-signatures", false, "warn when the rebase invalidates signatures of a single-platform IMAGE (cosign tags, OCI referrers); always done for an index and with -v")
 	addConnectionFlags(cmd, &f.insecure, &f.verbose, &f.timeout)
 	cmd.AddCommand(newDemoCommand(stdout, stderr), newBatchCommand(stdout, stderr), newScanCommand(stdout, stderr))
-	cmd.AddCommand(newGitOpsCommand(stdout, stderr))
+	cmd.AddCommand(newGitOpsCommand(stdout, stderr), newWatchCommand(stdout, stderr))
 	return cmd
 }
 
@@ -151,6 +162,42 @@ func addConnectionFlags(cmd *cobra.Command, insecure *[]string, verbose *bool, t
 	fl.Lookup("insecure").NoOptDefVal = "*"
 	fl.BoolVarP(verbose, "verbose", "v", false, "log every registry request (never credentials) and explain each decision")
 	fl.DurationVar(timeout, "timeout", 5*time.Minute, "give up after this long")
+}
+
+// checkFlagValues refuses, for the flags given on the command line, an
+// empty value (-t "" would otherwise mean no -t, and rebase the image's
+// own tag in place), a --timeout that is not positive, and a negative
+// duration.
+func checkFlagValues(cmd *cobra.Command) error {
+	var err error
+	cmd.Flags().Visit(func(fl *pflag.Flag) {
+		if err != nil {
+			return
+		}
+		name := "--" + fl.Name
+		if fl.Shorthand != "" {
+			name = "-" + fl.Shorthand + "/" + name
+		}
+		switch fl.Value.Type() {
+		case "string":
+			if fl.Value.String() == "" {
+				err = usagef(fmt.Sprintf("%s: empty value (an unset variable?): give a value, or leave the flag out", name))
+			}
+		case "stringArray", "stringSlice":
+			if sv, ok := fl.Value.(pflag.SliceValue); ok && slices.Contains(sv.GetSlice(), "") {
+				err = usagef(fmt.Sprintf("%s: empty value (an unset variable?): give a value, or leave the flag out", name))
+			}
+		case "duration":
+			d, _ := time.ParseDuration(fl.Value.String())
+			switch {
+			case d < 0:
+				err = usagef(fmt.Sprintf("%s %s: a duration cannot be negative", name, fl.Value))
+			case d == 0 && fl.Name == "timeout":
+				err = usagef(fmt.Sprintf("%s %s: want a positive duration, e.g. 10m", name, fl.Value))
+			}
+		}
+	})
+	return err
 }
 
 // classicRegistry splits the REGISTRY argument into host and whether it

@@ -155,6 +155,34 @@ func TestMerge(t *testing.T) {
 			warn:  []string{CodeOldValueEmbedded, CodeWorkdirMoved},
 		},
 		{
+			name: "three-way: what the image appended after the base's PATH is kept (ENV PATH=$PATH:/app/bin)",
+			old:  baseV1, nw: baseV2,
+			app: appOn(baseV1, func(c *v1.Config) {
+				setEnv(c, "PATH=/usr/local/bin:/usr/bin:/bin:/app/bin")
+			}),
+			want: func(t *testing.T, r *Result) {
+				if !slices.Contains(r.Config.Env, "PATH=/opt/new/bin:/usr/bin:/bin:/app/bin") {
+					t.Errorf("env = %q, want PATH=/opt/new/bin:/usr/bin:/bin:/app/bin", r.Config.Env)
+				}
+			},
+			style:   StyleUnknown,
+			changes: []string{"Env PATH: app suffix kept, base part /usr/local/bin:/usr/bin:/bin → /opt/new/bin:/usr/bin:/bin"},
+		},
+		{
+			name: "three-way: the image's parts before and after the base's PATH are kept",
+			old:  baseV1, nw: baseV2,
+			app: appOn(baseV1, func(c *v1.Config) {
+				setEnv(c, "PATH=/app/bin:/usr/local/bin:/usr/bin:/bin:/app/sbin")
+			}),
+			want: func(t *testing.T, r *Result) {
+				if !slices.Contains(r.Config.Env, "PATH=/app/bin:/opt/new/bin:/usr/bin:/bin:/app/sbin") {
+					t.Errorf("env = %q, want PATH=/app/bin:/opt/new/bin:/usr/bin:/bin:/app/sbin", r.Config.Env)
+				}
+			},
+			style:   StyleUnknown,
+			changes: []string{"Env PATH: app parts kept, base part /usr/local/bin:/usr/bin:/bin → /opt/new/bin:/usr/bin:/bin"},
+		},
+		{
 			name: "three-way without history: an entrypoint set by a tool (crane, umoci) leaves the inherited CMD to follow the base",
 			old:  baseV1, nw: baseV2,
 			app: appOn(baseV1, func(c *v1.Config) {
@@ -181,6 +209,21 @@ func TestMerge(t *testing.T) {
 					t.Errorf("cmd %q, want the image's", r.Config.Cmd)
 				}
 			},
+		},
+		{
+			name: "expanded WORKDIR holding an old base value (WORKDIR $JAVA_HOME/app): kept, reported",
+			old:  baseV1, nw: baseV2,
+			app: appOn(baseV1, func(c *v1.Config) {
+				c.WorkingDir = "/opt/java/17/app"
+			}),
+			hist:  []v1.History{bk(`WORKDIR /opt/java/17/app`)},
+			style: StyleExpanded,
+			want: func(t *testing.T, r *Result) {
+				if r.Config.WorkingDir != "/opt/java/17/app" {
+					t.Errorf("WorkingDir %q", r.Config.WorkingDir)
+				}
+			},
+			warn: []string{CodeOldValueEmbedded},
 		},
 		{
 			name: "as-written history: instructions replayed on the new base",

@@ -71,9 +71,12 @@ func need(t *testing.T, tools ...string) {
 	}
 }
 
-// registryServer is a docker-registry process with TLS and basic auth.
+// registryServer is a docker-registry process with TLS (unless
+// plainHTTP) and basic auth.
 type registryServer struct {
-	Host     string
+	Host string
+	// Plain is true for a registry served over plain HTTP.
+	Plain    bool
 	User     string
 	Pass     string
 	CertDir  string // holds ca.crt, for skopeo and buildah --cert-dir
@@ -82,13 +85,40 @@ type registryServer struct {
 	AuthFile string // the same file, for REGISTRY_AUTH_FILE
 }
 
+// registryOption configures startRegistry.
+type registryOption func(*registryConfig)
+
+type registryConfig struct {
+	notify    string // the URL notifications are sent to
+	token     string // the bearer token they carry
+	plainHTTP bool
+}
+
+// withNotifications makes the registry send its events to url
+// ("notifications: endpoints:" in its configuration), with
+// "Authorization: Bearer token" when token is set, retrying every 200 ms
+// while url fails.
+func withNotifications(url, token string) registryOption {
+	return func(c *registryConfig) { c.notify, c.token = url, token }
+}
+
+// withPlainHTTP serves plain HTTP (no TLS), e.g. behind a proxytest proxy.
+func withPlainHTTP() registryOption {
+	return func(c *registryConfig) { c.plainHTTP = true }
+}
+
 // startRegistry runs Debian's docker-registry on a free loopback port with
-// a self-signed certificate and htpasswd authentication.
-func startRegistry(t *testing.T) *registryServer {
+// a self-signed certificate (unless withPlainHTTP) and htpasswd
+// authentication.
+func startRegistry(t *testing.T, opts ...registryOption) *registryServer {
 	t.Helper()
 	need(t, "docker-registry", "htpasswd")
+	var rc registryConfig
+	for _, o := range opts {
+		o(&rc)
+	}
 	dir := t.TempDir()
-	r := &registryServer{User: "ci", Pass: "pa55-" + randomHex(t, 6), CertDir: filepath.Join(dir, "certs"), AuthDir: filepath.Join(dir, "auth")}
+	r := &registryServer{User: "ci", Pass: "pa55-" + randomHex(t, 6), CertDir: filepath.Join(dir, "certs"), AuthDir: filepath.Join(dir, "auth"), Plain: rc.plainHTTP}
 	port := freePort(t)
 	r.Host = fmt.Sprintf("127.0.0.1:%d", port)
 
@@ -108,6 +138,10 @@ func startRegistry(t *testing.T) *registryServer {
 	auth := base64.StdEncoding.EncodeToString([]byte(r.User + ":" + r.Pass))
 	write(t, r.AuthFile, []byte(fmt.Sprintf(`{"auths":{%q:{"auth":%q}}}`, r.Host, auth)))
 
+	tlsConfig := ""
+	if !rc.plainHTTP {
+		tlsConfig = fmt.Sprintf("  tls:\n    certificate: %s\n    key: %s\n", r.CAFile, keyFile)
+	}
 	config := fmt.Sprintf(`version: 0.1
 log:
   level: error
@@ -120,14 +154,18 @@ storage:
     enabled: true
 http:
   addr: %s
-  tls:
-    certificate: %s
-    key: %s
-auth:
+%sauth:
   htpasswd:
     realm: e2e
     path: %s
-`, filepath.Join(dir, "data"), r.Host, r.CAFile, keyFile, filepath.Join(dir, "htpasswd"))
+`, filepath.Join(dir, "data"), r.Host, tlsConfig, filepath.Join(dir, "htpasswd"))
+	if rc.notify != "" {
+		// As docs/watch.md shows it, with a short backoff for the tests.
+		config += fmt.Sprintf("notifications:\n  endpoints:\n    - name: watcher\n      url: %s\n      timeout: 2s\n      threshold: 1\n      backoff: 200ms\n      ignore:\n        actions: [pull, mount]\n", rc.notify)
+		if rc.token != "" {
+			config += fmt.Sprintf("      headers:\n        Authorization: [\"Bearer %s\"]\n", rc.token)
+		}
+	}
 	cfgFile := filepath.Join(dir, "config.yml")
 	write(t, cfgFile, []byte(config))
 	cmd := exec.Command("docker-registry", "serve", cfgFile)
@@ -144,7 +182,7 @@ auth:
 	pool.AppendCertsFromPEM(certPEM)
 	client := &http.Client{Timeout: time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}}}
 	for deadline := time.Now().Add(15 * time.Second); ; {
-		resp, err := client.Get("https://" + r.Host + "/v2/")
+		resp, err := client.Get(r.URL() + "/v2/")
 		if err == nil {
 			resp.Body.Close()
 			if resp.StatusCode == http.StatusUnauthorized {
@@ -164,6 +202,23 @@ func (r *registryServer) env() []string {
 }
 
 func (r *registryServer) creds() string { return r.User + ":" + r.Pass }
+
+// URL is https://HOST, or http://HOST for a plain HTTP registry.
+func (r *registryServer) URL() string {
+	if r.Plain {
+		return "http://" + r.Host
+	}
+	return "https://" + r.Host
+}
+
+// tlsFlag is the skopeo or buildah flag that trusts r: --cert-dir (with
+// prefix, e.g. "src-") or, for plain HTTP, --tls-verify=false.
+func (r *registryServer) tlsFlag(prefix string) []string {
+	if r.Plain {
+		return []string{"--" + prefix + "tls-verify=false"}
+	}
+	return []string{"--" + prefix + "cert-dir", r.CertDir}
+}
 
 // rebase runs the binary and returns its exit code, stdout and stderr.
 func rebase(t *testing.T, env []string, args ...string) (int, string, string) {
@@ -237,7 +292,7 @@ func (r *registryServer) push(t *testing.T, tag, repoTag, format string) {
 	if format == "" {
 		format = "oci"
 	}
-	buildah(t, "push", "--cert-dir", r.CertDir, "--creds", r.creds(), "--format", format, "localhost/"+tag, "docker://"+r.Host+"/"+repoTag)
+	buildah(t, append(append([]string{"push"}, r.tlsFlag("")...), "--creds", r.creds(), "--format", format, "localhost/"+tag, "docker://"+r.Host+"/"+repoTag)...)
 }
 
 // inspect returns the raw manifest of repoTag as skopeo reads it (skopeo
@@ -245,7 +300,7 @@ func (r *registryServer) push(t *testing.T, tag, repoTag, format string) {
 func (r *registryServer) inspect(t *testing.T, repoTag string) string {
 	t.Helper()
 	need(t, "skopeo")
-	return run(t, "skopeo", "inspect", "--raw", "--cert-dir", r.CertDir, "--creds", r.creds(), "docker://"+r.Host+"/"+repoTag)
+	return run(t, "skopeo", append(append([]string{"inspect", "--raw"}, r.tlsFlag("")...), "--creds", r.creds(), "docker://"+r.Host+"/"+repoTag)...)
 }
 
 // unpack copies repoTag to an OCI layout with skopeo and unpacks it with
@@ -254,7 +309,7 @@ func (r *registryServer) unpack(t *testing.T, repoTag string) string {
 	t.Helper()
 	need(t, "skopeo", "umoci")
 	dir := t.TempDir()
-	run(t, "skopeo", "copy", "--src-cert-dir", r.CertDir, "--src-creds", r.creds(), "docker://"+r.Host+"/"+repoTag, "oci:"+filepath.Join(dir, "layout")+":img")
+	run(t, "skopeo", append(append([]string{"copy"}, r.tlsFlag("src-")...), "--src-creds", r.creds(), "docker://"+r.Host+"/"+repoTag, "oci:"+filepath.Join(dir, "layout")+":img")...)
 	run(t, "umoci", "unpack", "--rootless", "--image", filepath.Join(dir, "layout")+":img", filepath.Join(dir, "bundle"))
 	return filepath.Join(dir, "bundle", "rootfs")
 }

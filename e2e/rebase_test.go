@@ -68,6 +68,7 @@ func TestBuildahImagesRebaseAndRun(t *testing.T) {
 	need(t, "buildah", "skopeo", "umoci", "docker-registry")
 	r := startRegistry(t)
 	buildBases(t, r, "oci")
+	base1 := parseManifest(t, r.inspect(t, "base:1"))
 	base2 := parseManifest(t, r.inspect(t, "base:2"))
 
 	cases := []struct {
@@ -107,18 +108,20 @@ func TestBuildahImagesRebaseAndRun(t *testing.T) {
 			if after.MediaType != before.MediaType {
 				t.Errorf("manifest media type %s, want the image's %s", after.MediaType, before.MediaType)
 			}
-			nBase := len(base2.Layers)
-			if len(after.Layers) != nBase+len(before.Layers)-nBase {
-				t.Fatalf("%d layers after, want %d", len(after.Layers), len(before.Layers))
+			// base:1's layers out, base:2's in, the image's own kept.
+			nOld, nNew := len(base1.Layers), len(base2.Layers)
+			own := len(before.Layers) - nOld
+			if len(after.Layers) != nNew+own {
+				t.Fatalf("%d layers after, want %d: base:2's %d and the image's own %d", len(after.Layers), nNew+own, nNew, own)
 			}
 			for i, l := range base2.Layers {
 				if after.Layers[i].Digest != l.Digest {
 					t.Errorf("layer %d is %s, want base:2's %s", i+1, after.Layers[i].Digest, l.Digest)
 				}
 			}
-			for i := nBase; i < len(after.Layers); i++ {
-				if after.Layers[i] != before.Layers[i] {
-					t.Errorf("application layer %d changed: %v → %v", i+1, before.Layers[i], after.Layers[i])
+			for i := range own {
+				if after.Layers[nNew+i] != before.Layers[nOld+i] {
+					t.Errorf("application layer %d changed: %v → %v", i+1, before.Layers[nOld+i], after.Layers[nNew+i])
 				}
 			}
 			for _, l := range after.Layers {

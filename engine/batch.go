@@ -21,39 +21,38 @@ import (
 //   - a blob mounted into a target repository for one image is known to be
 //     there for the next images of that repository, which do not mount it
 //     again (two images racing for it wait for one mount);
+//   - a read of a base that fails is tried again once for the images
+//     waiting on it, and a second failure fails them all with one
+//     BaseReadError;
 //   - the check that an image's tag has not moved since it was read can be
-//     skipped when the read is recent (RecheckAfter).
+//     skipped, on request, when the read is recent (RecheckAfter).
 //
 // Each image's own documents are read, planned and written as Rebase does,
 // and forgotten when its rebase returns: memory does not grow with the
 // number of images. One Shared serves any number of goroutines.
 type Shared struct {
-	// RecheckAfter bounds how old an image's read may be when its tag is
-	// written without being read again. Writing in place (and without
-	// Force), Rebase reads the tag again alongside the uploads, so that an
-	// image pushed meanwhile is not overwritten; a batch skips that request
-	// when the image was read less than RecheckAfter ago, leaving a push
-	// that lands in that window (plus the uploads' round trip) undetected.
-	// Zero re-reads every tag, as Rebase does.
+	// RecheckAfter, when positive, skips the tag's read before the PUT for
+	// an image read less than RecheckAfter ago. Writing in place (and
+	// without Force), Rebase reads the tag again alongside the last writes,
+	// so that an image pushed meanwhile is not overwritten; skipping that
+	// request leaves a push that lands between the image's read and the
+	// PUT (up to RecheckAfter plus the writes' round trip) undetected. Zero
+	// (the default) reads every tag again, as Rebase does. The tag is read
+	// after the PUT in any case.
 	RecheckAfter time.Duration
 
 	images imageCache
 
 	mu      sync.Mutex
-	docs    map[string]*docEntry
-	present map[string]*blobEntry // "target repo@digest"
-	tags    map[string]*tagsEntry // repository name
+	docs    map[string]*sharedRead[*doc]
+	present map[string]*blobEntry  // "target repo@digest"
+	tags    map[string]*tagsEntry  // repository name
+	writing map[string]*sync.Mutex // "target repo@manifest digest"
 }
 
 type tagsEntry struct {
 	done chan struct{}
 	tags []string
-	err  error
-}
-
-type docEntry struct {
-	done chan struct{}
-	doc  *doc
 	err  error
 }
 
@@ -64,7 +63,7 @@ type blobEntry struct {
 
 // NewShared returns an empty Shared that re-reads every tag (RecheckAfter 0).
 func NewShared() *Shared {
-	return &Shared{docs: map[string]*docEntry{}, present: map[string]*blobEntry{}, tags: map[string]*tagsEntry{}}
+	return &Shared{docs: map[string]*sharedRead[*doc]{}, present: map[string]*blobEntry{}, tags: map[string]*tagsEntry{}, writing: map[string]*sync.Mutex{}, images: imageCache{shared: true}}
 }
 
 // Rebase is engine.Rebase for one image of a batch: the same request rounds,
@@ -86,10 +85,16 @@ func (s *Shared) Rebase(ctx context.Context, req Request) (*Result, error) {
 		r.readAt = time.Now()
 	})
 	if req.From.Repo != nil {
-		wg.Go(func() { from, errs[1] = s.doc(ctx, req.From) })
+		wg.Go(func() {
+			from, errs[1] = s.doc(ctx, req.From)
+			errs[1] = r.baseErr(req.From.String(), errs[1])
+		})
 	}
 	if req.To.Repo != nil {
-		wg.Go(func() { to, errs[2] = s.doc(ctx, req.To) })
+		wg.Go(func() {
+			to, errs[2] = s.doc(ctx, req.To)
+			errs[2] = r.baseErr(req.To.String(), errs[2])
+		})
 	}
 	if target != nil && req.Target.String() != req.Image.String() {
 		wg.Go(func() { existing = resolveTarget(ctx, target, req.Target.Tag) })
@@ -101,9 +106,7 @@ func (s *Shared) Rebase(ctx context.Context, req Request) (*Result, error) {
 	if existing.err != nil {
 		return nil, existing.err
 	}
-	if existing.exists && !req.Force {
-		return nil, &TargetExistsError{Target: req.Target.String(), Digest: existing.digest}
-	}
+	r.existing = existing
 	var res *Result
 	switch {
 	case req.From.Repo == nil:
@@ -121,33 +124,25 @@ func (s *Shared) Rebase(ctx context.Context, req Request) (*Result, error) {
 	return res, err
 }
 
-// doc reads the manifest at loc once for the batch. A failed read is not
-// kept: the next image asks again.
+// doc reads the manifest at loc once for the batch (see sharedRead: a
+// failed read is tried again by the images that waited on it, and kept
+// after a second failure).
 func (s *Shared) doc(ctx context.Context, loc Location) (*doc, error) {
 	key := loc.String()
 	s.mu.Lock()
 	e, ok := s.docs[key]
 	if !ok {
-		e = &docEntry{done: make(chan struct{})}
+		e = &sharedRead[*doc]{}
 		s.docs[key] = e
 	}
 	s.mu.Unlock()
-	if ok {
-		select {
-		case <-e.done:
-			return e.doc, e.err
-		case <-ctx.Done():
-			return nil, ctx.Err()
+	return e.get(ctx, batchAttempts, func() (*doc, error) {
+		d, err := fetchDoc(ctx, loc)
+		if d != nil {
+			d.shared = true
 		}
-	}
-	e.doc, e.err = fetchDoc(ctx, loc)
-	if e.err != nil {
-		s.mu.Lock()
-		delete(s.docs, key)
-		s.mu.Unlock()
-	}
-	close(e.done)
-	return e.doc, e.err
+		return d, err
+	})
 }
 
 // transfer makes g's blobs available in target, mounting only those no
@@ -204,39 +199,81 @@ func (s *Shared) transfer(ctx context.Context, target WritableRepo, g blobGroup,
 	return t, errors.Join(errs...)
 }
 
-// run is the state of one image's rebase within a batch; nil for a single
-// Rebase, whose behaviour its methods then keep.
+// run is the state of one image's rebase: shared with a batch's other
+// images when shared is set. A nil run (Apply) is a single rebase whose
+// target was not read beforehand.
 type run struct {
 	shared *Shared
-	// readAt is when the image's manifest was read.
+	// readAt is when the image's manifest was read (batch only).
 	readAt time.Time
+	// existing is the target tag as read with the image, when the target
+	// is not the image itself (-t).
+	existing targetState
 }
 
-// bases returns the cache of the bases' platform images.
+// batch reports whether the run belongs to a batch.
+func (r *run) batch() bool { return r != nil && r.shared != nil }
+
+// bases returns the cache of the bases' platform images: the batch's, or a
+// new one for a single rebase.
 func (r *run) bases() *imageCache {
-	if r == nil {
+	if !r.batch() {
 		return &imageCache{}
 	}
 	return &r.shared.images
 }
 
 // recheck says whether the target tag must be read again before it is
-// written.
+// written in place.
 func (r *run) recheck() bool {
-	return r == nil || time.Since(r.readAt) >= r.shared.RecheckAfter
+	return !r.batch() || time.Since(r.readAt) >= r.shared.RecheckAfter
 }
 
-// base reads a base's manifest: once for the batch within a run.
+// targetTaken refuses a target tag (-t) that names another image than the
+// result (unless Force), and reports upToDate when it names the result.
+func (r *run) targetTaken(req Request, result v1.Hash) (upToDate bool, err error) {
+	if r == nil || !r.existing.exists || req.Force {
+		return false, nil
+	}
+	if r.existing.digest == result {
+		return true, nil
+	}
+	return false, &TargetExistsError{Target: req.Target.String(), Digest: r.existing.digest}
+}
+
+// base reads a base's manifest: once for the batch within a batch run.
 func (r *run) base(ctx context.Context, loc Location) (*doc, error) {
-	if r == nil {
+	if !r.batch() {
 		return fetchDoc(ctx, loc)
 	}
-	return r.shared.doc(ctx, loc)
+	d, err := r.shared.doc(ctx, loc)
+	return d, r.baseErr(loc.String(), err)
+}
+
+// putManifest writes a manifest. Within a batch, two images whose results
+// are the same manifest (two tags of one image) write it one after the
+// other: Distribution's filesystem storage can fail one of two concurrent
+// writes of one manifest with DIGEST_INVALID.
+func (r *run) putManifest(ctx context.Context, target WritableRepo, tag string, d v1.Descriptor, raw []byte) error {
+	if r.batch() {
+		s := r.shared
+		key := target.Name() + "@" + d.Digest.String()
+		s.mu.Lock()
+		m, ok := s.writing[key]
+		if !ok {
+			m = &sync.Mutex{}
+			s.writing[key] = m
+		}
+		s.mu.Unlock()
+		m.Lock()
+		defer m.Unlock()
+	}
+	return target.PutManifest(ctx, tag, d, raw)
 }
 
 // listTags lists a repository's tags: once for the batch within a run.
 func (r *run) listTags(ctx context.Context, l TagLister, repo string) ([]string, error) {
-	if r == nil {
+	if !r.batch() {
 		return l.Tags(ctx)
 	}
 	s := r.shared
@@ -267,7 +304,7 @@ func (r *run) listTags(ctx context.Context, l TagLister, repo string) ([]string,
 
 // transfer makes g's blobs available in target.
 func (r *run) transfer(ctx context.Context, target WritableRepo, g blobGroup, allowCopy bool) (Transferred, error) {
-	if r == nil {
+	if !r.batch() {
 		return target.Transfer(ctx, g.src, g.blobs, allowCopy)
 	}
 	return r.shared.transfer(ctx, target, g, allowCopy)

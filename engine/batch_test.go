@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -102,6 +103,12 @@ func TestBatchSharesBasesAndMounts(t *testing.T) {
 	reg.Push(t, "a:broken", other)
 	refs = append(refs[:2], append([]string{"a:broken"}, refs[2:]...)...)
 
+	before := map[string]v1.Image{}
+	for _, ref := range refs {
+		before[ref] = reg.Image(t, ref)
+	}
+	b1, b2 := reg.Image(t, "base:1"), reg.Image(t, "base:2")
+
 	proxy := proxytest.Start(reg.Host)
 	defer proxy.Close()
 	s := engine.NewShared()
@@ -120,13 +127,11 @@ func TestBatchSharesBasesAndMounts(t *testing.T) {
 		if err != nil || res.Action != engine.Rebased {
 			t.Fatalf("%s: %v %+v", ref, err, res)
 		}
-		if reg.Image(t, ref) == nil {
-			t.Fatal("unreachable")
-		}
+		checkRebased(t, reg, ref, before[ref], b1, b2)
 	}
 
 	// Count what went through the proxy.
-	baseManifests, baseConfigs, mounts, heads, puts := 0, 0, 0, 0, 0
+	baseManifests, baseConfigs, mounts, puts := 0, 0, 0, 0
 	mountsPerRepo := map[string]int{}
 	baseCfg := map[string]bool{}
 	for _, b := range []string{"base:1", "base:2"} {
@@ -142,8 +147,6 @@ func TestBatchSharesBasesAndMounts(t *testing.T) {
 		case e.Class == "blob-upload" && e.Method == http.MethodPost && e.Digest != "":
 			mounts++
 			mountsPerRepo[strings.Split(e.Path, "/")[2]]++
-		case e.Class == "manifest" && e.Method == http.MethodHead:
-			heads++
 		case e.Class == "manifest" && e.Method == http.MethodPut:
 			puts++
 		}
@@ -154,18 +157,19 @@ func TestBatchSharesBasesAndMounts(t *testing.T) {
 	if mountsPerRepo["a"] != 2 || mountsPerRepo["b"] != 2 || mounts != 4 {
 		t.Errorf("mounts per repository %v, want the 2 layers of base:2 once per repository", mountsPerRepo)
 	}
-	if heads != 0 {
-		t.Errorf("%d tags read again, want none (read less than RecheckAfter ago)", heads)
+	if pre, post := tagReads(proxy.Log()); pre != 0 || post != len(refs)-1 {
+		t.Errorf("%d tags read before and %d after writing, want none before (read less than RecheckAfter ago) and each after", pre, post)
 	}
 	if puts != len(refs)-1 {
 		t.Errorf("%d manifests written, want %d", puts, len(refs)-1)
 	}
 	// In all: one ping and the bases' 4 documents for the batch; per
 	// image, its manifest and config, the config's upload (open and
-	// commit) and the manifest = 5; the mounts; and for the broken image
-	// its 2 reads and the speculative upload opened and cancelled.
+	// commit), the manifest and the tag read back = 6; the mounts; and for
+	// the broken image its 2 reads and the speculative upload opened and
+	// cancelled.
 	ok := len(refs) - 1
-	if want, got := 1+4+5*ok+mounts+4, proxy.Stats().Requests; got != want {
+	if want, got := 1+4+6*ok+mounts+4, proxy.Stats().Requests; got != want {
 		t.Errorf("%d requests, want %d (%v)", got, want, proxy.Stats().ByClass)
 	}
 
@@ -200,7 +204,7 @@ func TestBatchSharesBasesAndMounts(t *testing.T) {
 	}
 }
 
-func TestBatchRechecksOldReads(t *testing.T) {
+func TestBatchRechecksEveryTagByDefault(t *testing.T) {
 	reg := regtest.Start(t)
 	_, refs := batchFixture(t, reg, map[string]int{"a": 3})
 	proxy := proxytest.Start(reg.Host)
@@ -211,13 +215,181 @@ func TestBatchRechecksOldReads(t *testing.T) {
 			t.Fatal(got.errs[ref])
 		}
 	}
-	heads := 0
-	for _, e := range proxy.Log() {
-		if e.Class == "manifest" && e.Method == http.MethodHead {
-			heads++
+	if pre, post := tagReads(proxy.Log()); pre != len(refs) || post != len(refs) {
+		t.Errorf("%d tags read before and %d after writing with the default RecheckAfter, want %d and %d", pre, post, len(refs), len(refs))
+	}
+}
+
+// tagReads counts the tag reads (HEAD) of the log that ended before their
+// tag's manifest PUT started, and those that started after it ended.
+func tagReads(log []proxytest.Entry) (before, after int) {
+	puts := map[string]proxytest.Entry{}
+	for _, e := range log {
+		if e.Class == "manifest" && e.Method == http.MethodPut {
+			puts[e.Path] = e
 		}
 	}
-	if heads != len(refs) {
-		t.Errorf("%d tags read again with RecheckAfter 0, want %d", heads, len(refs))
+	for _, e := range log {
+		p, ok := puts[e.Path]
+		if e.Class != "manifest" || e.Method != http.MethodHead || !ok {
+			continue
+		}
+		switch {
+		case !e.End.After(p.Start):
+			before++
+		case !e.Start.Before(p.End):
+			after++
+		}
+	}
+	return before, after
+}
+
+// checkRebased asserts that ref, which was orig on oldBase, now has
+// newBase's layers and diff_ids, then orig's own above oldBase's, as they
+// were.
+func checkRebased(t *testing.T, reg *regtest.Registry, ref string, orig, oldBase, newBase v1.Image) {
+	t.Helper()
+	layersOf := func(img v1.Image) ([]v1.Descriptor, []v1.Hash) {
+		m, err := img.Manifest()
+		if err != nil {
+			t.Fatal(err)
+		}
+		cf, err := img.ConfigFile()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return m.Layers, cf.RootFS.DiffIDs
+	}
+	ol, od := layersOf(orig)
+	bl, _ := layersOf(oldBase)
+	nl, nd := layersOf(newBase)
+	gl, gd := layersOf(reg.Image(t, ref))
+	wantL := append(append([]v1.Descriptor{}, nl...), ol[len(bl):]...)
+	wantD := append(append([]v1.Hash{}, nd...), od[len(bl):]...)
+	if len(gl) != len(wantL) || len(gd) != len(wantD) {
+		t.Fatalf("%s has %d layers and %d diff_ids, want %d: the new base's %d and its own %d", ref, len(gl), len(gd), len(wantL), len(nl), len(ol)-len(bl))
+	}
+	for i := range wantL {
+		if gl[i].Digest != wantL[i].Digest || gd[i] != wantD[i] {
+			t.Errorf("%s layer %d is %s (diff_id %s), want %s (%s)", ref, i+1, gl[i].Digest, gd[i], wantL[i].Digest, wantD[i])
+		}
+	}
+}
+
+// TestBatchSharedBaseReadIsRetried: the base's manifest, read once for the
+// whole batch, gets another full attempt when its first fails (here: five
+// 503s in a row, the retry budget of one request); a base that cannot be
+// read at all fails every image with the same BaseReadError after two
+// attempts, not twenty.
+func TestBatchSharedBaseReadIsRetried(t *testing.T) {
+	for _, persistent := range []bool{false, true} {
+		t.Run(fmt.Sprintf("persistent=%v", persistent), func(t *testing.T) {
+			reg := regtest.Start(t)
+			_, refs := batchFixture(t, reg, map[string]int{"a": 10, "b": 10})
+			var baseReads atomic.Int32
+			proxy := proxytest.Start(reg.Host, proxytest.WithFaults(func(_ int, r *http.Request) proxytest.Fault {
+				if r.Method == http.MethodGet && r.URL.Path == "/v2/base/manifests/2" {
+					if n := baseReads.Add(1); persistent || n <= 5 {
+						return proxytest.Fault{Status: http.StatusServiceUnavailable}
+					}
+				}
+				return proxytest.Fault{}
+			}))
+			defer proxy.Close()
+			c := registry.New(registry.Options{Insecure: []string{proxy.Host()}, RetryBackoff: time.Millisecond})
+			s := engine.NewShared()
+			var wg sync.WaitGroup
+			errs := make([]error, len(refs))
+			for i, ref := range refs {
+				parse := func(r string) engine.Location {
+					l, err := c.Parse(r, proxy.Host(), true)
+					if err != nil {
+						t.Fatal(err)
+					}
+					return l
+				}
+				req := engine.Request{Image: parse(ref), From: parse("base:1"), To: parse("base:2")}
+				req.Target = req.Image
+				wg.Go(func() { _, errs[i] = s.Rebase(context.Background(), req) })
+			}
+			wg.Wait()
+			for i, err := range errs {
+				var be *engine.BaseReadError
+				switch {
+				case !persistent && err != nil:
+					t.Errorf("%s: %v", refs[i], err)
+				case persistent && (!errors.As(err, &be) || be.Ref != proxy.Host()+"/base:2"):
+					t.Errorf("%s: %v, want the base read failure", refs[i], err)
+				}
+			}
+			if n := baseReads.Load(); persistent && n != 10 {
+				t.Errorf("%d reads of base:2, want 2 attempts of 5", n)
+			}
+		})
+	}
+}
+
+// overlapRepo is a registry repository that records how many writes of one
+// manifest digest were in flight at once.
+type overlapRepo struct {
+	engine.WritableRepo
+	mu       sync.Mutex
+	inFlight map[v1.Hash]int
+	max      int
+}
+
+func (o *overlapRepo) PutManifest(ctx context.Context, tag string, d v1.Descriptor, raw []byte) error {
+	o.mu.Lock()
+	o.inFlight[d.Digest]++
+	o.max = max(o.max, o.inFlight[d.Digest])
+	o.mu.Unlock()
+	time.Sleep(20 * time.Millisecond) // a registry's write takes time
+	err := o.WritableRepo.PutManifest(ctx, tag, d, raw)
+	o.mu.Lock()
+	o.inFlight[d.Digest]--
+	o.mu.Unlock()
+	return err
+}
+
+// Tags of one image give one result: a batch writes that manifest one tag
+// after the other (Debian's docker-registry failed one of two concurrent
+// writes of one manifest with DIGEST_INVALID).
+func TestBatchWritesOneManifestOnceAtATime(t *testing.T) {
+	reg := regtest.Start(t)
+	b1, _ := batchFixture(t, reg, nil)
+	app, err := testimage.Build(b1, testimage.Linux, testimage.Copy("COPY app", map[string]string{"app": "same"}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := registry.New(registry.Options{Insecure: []string{reg.Host}})
+	repo := &overlapRepo{inFlight: map[v1.Hash]int{}}
+	var reqs []engine.Request
+	for i := range 6 {
+		tag := fmt.Sprint("t", i)
+		reg.Push(t, "app:"+tag, app)
+		img, err := c.Parse("app:"+tag, reg.Host, true)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if repo.WritableRepo == nil {
+			repo.WritableRepo = img.Repo.(engine.WritableRepo)
+		}
+		img.Repo = repo
+		from, _ := c.Parse("base:1", reg.Host, false)
+		to, _ := c.Parse("base:2", reg.Host, false)
+		reqs = append(reqs, engine.Request{Image: img, Target: img, From: from, To: to})
+	}
+	s := engine.NewShared()
+	var wg sync.WaitGroup
+	for _, req := range reqs {
+		wg.Go(func() {
+			if res, err := s.Rebase(context.Background(), req); err != nil || res.Action != engine.Rebased {
+				t.Errorf("%s: %v %+v", req.Image, err, res)
+			}
+		})
+	}
+	wg.Wait()
+	if repo.max != 1 {
+		t.Errorf("%d writes of one manifest in flight at once, want 1", repo.max)
 	}
 }

@@ -31,9 +31,9 @@ type Detect struct {
 	Resolve func(ref string, relative bool) (Location, error)
 }
 
-// rebaseDetected rebases a single-platform image whose old base is found
-// from what the image records. Rounds: the image's manifest (with NEW's
-// when given: done by the caller); the image's config, which holds the
+// rebaseDetectedIn rebases, within a run, a single-platform image whose
+// old base is found from what the image records. Rounds: the image's
+// manifest (with NEW's when given: done by the caller); the image's config, which holds the
 // label (with NEW's config); the base the image names and the old base by
 // digest, manifest then config, with the config upload opened alongside
 // when a write is likely; then Apply's two rounds.
@@ -192,10 +192,13 @@ func searchOldBase(ctx context.Context, choice *basedetect.Choice, img *manifest
 	if err != nil {
 		return nil, "", nil
 	}
-	m, err := oldBaseByTags(ctx, loc.Repo, loc.Tag, img, p, choice.OldLayers(img), r)
+	layers := choice.OldLayers(img)
+	m, err := oldBaseByTags(ctx, loc.Repo, loc.Tag, img, p, layers, r)
 	if err != nil {
 		return nil, "", err
 	}
+	// A match shorter than the label's boundary means the label is not the
+	// first instruction after FROM: Decide says so.
 	more := ""
 	if m.truncated {
 		more = fmt.Sprintf(" (the last %d of its tags, in sorted order)", m.searched)

@@ -105,6 +105,13 @@ func TestFaultMatrix(t *testing.T) {
 // TestFaultMatrixIndex does the same for a two-platform index.
 func TestFaultMatrixIndex(t *testing.T) {
 	reg := regtest.Start(t)
+	app := indexFixture(t, reg)
+	faultMatrix(t, reg, func() { reg.PushIndex(t, "app:1", app) }, 2)
+}
+
+// indexFixture pushes two-platform indexes base:1 and base:2 (one layer per
+// platform) and returns a two-platform app index on base:1.
+func indexFixture(t *testing.T, reg *regtest.Registry) v1.ImageIndex {
 	idx := func(imgs ...v1.Image) v1.ImageIndex {
 		i := mutate.IndexMediaType(empty.Index, types.OCIImageIndex)
 		for _, img := range imgs {
@@ -123,8 +130,7 @@ func TestFaultMatrixIndex(t *testing.T) {
 	b1a, b1b := build(nil, "amd64", "os", "1"), build(nil, "arm64", "os", "1")
 	reg.PushIndex(t, "base:1", idx(b1a, b1b))
 	reg.PushIndex(t, "base:2", idx(build(nil, "amd64", "os", "2"), build(nil, "arm64", "os", "2")))
-	app := idx(build(b1a, "amd64", "app", "x"), build(b1b, "arm64", "app", "x"))
-	faultMatrix(t, reg, func() { reg.PushIndex(t, "app:1", app) }, 2)
+	return idx(build(b1a, "amd64", "app", "x"), build(b1b, "arm64", "app", "x"))
 }
 
 func faultMatrix(t *testing.T, reg *regtest.Registry, reset func(), wantLayers int) {
@@ -153,16 +159,30 @@ func faultMatrix(t *testing.T, reg *regtest.Registry, reset func(), wantLayers i
 		defer cancel()
 		return engine.Rebase(ctx, req)
 	}
-	key := func(r *http.Request) string {
-		return r.Method + " " + proxytest.Classify(r.Method, r.URL.Path) + " " + r.URL.Path + " " + digestOf(r)
+	// Requests are told apart by what they are (proxytest.Describe) and,
+	// for requests of the same kind (the tag's reads before and after the
+	// PUT), by their order: "HEAD manifest app 1 #2".
+	type target struct {
+		kind string
+		nth  int
+	}
+	var mu sync.Mutex
+	var seen map[string]int
+	occurrence := func(r *http.Request) target {
+		k := proxytest.Describe(r)
+		mu.Lock()
+		defer mu.Unlock()
+		seen[k]++
+		return target{k, seen[k]}
 	}
 
 	// A clean run lists the requests a rebase makes.
-	var keys []string
-	var mu sync.Mutex
+	var targets []target
+	seen = map[string]int{}
 	rec := func(n int, r *http.Request) proxytest.Fault {
+		t := occurrence(r)
 		mu.Lock()
-		keys = append(keys, key(r))
+		targets = append(targets, t)
 		mu.Unlock()
 		return proxytest.Fault{}
 	}
@@ -171,8 +191,8 @@ func faultMatrix(t *testing.T, reg *regtest.Registry, reset func(), wantLayers i
 		t.Fatal(err)
 	}
 	inject.Store(nil)
-	if len(keys) < 10 {
-		t.Fatalf("a clean rebase made only %d requests", len(keys))
+	if len(targets) < 10 {
+		t.Fatalf("a clean rebase made only %d requests", len(targets))
 	}
 
 	kinds := []struct {
@@ -185,26 +205,37 @@ func faultMatrix(t *testing.T, reg *regtest.Registry, reset func(), wantLayers i
 		{"429", proxytest.Fault{Status: 429, RetryAfter: "0"}},
 		{"truncate", proxytest.Fault{Truncate: true}},
 	}
-	for i, target := range keys {
+	for i, tg := range targets {
 		for _, k := range kinds {
 			for _, always := range []bool{false, true} {
 				mode := "once"
 				if always {
 					mode = "always"
 				}
-				t.Run(fmt.Sprintf("request %d %s %s %s", i+1, strings.Fields(target)[0], k.name, mode), func(t *testing.T) {
+				t.Run(fmt.Sprintf("request %d %s #%d %s %s", i+1, tg.kind, tg.nth, k.name, mode), func(t *testing.T) {
 					reset()
 					before := reg.Snapshot(t)
 					var hit atomic.Int32
+					mu.Lock()
+					seen = map[string]int{}
+					mu.Unlock()
+					// Once: the first attempt of that request. Always: every
+					// request of that kind from that one on (its retries
+					// included).
 					f := func(n int, r *http.Request) proxytest.Fault {
-						if key(r) != target || (!always && hit.Add(1) > 1) {
+						o := occurrence(r)
+						if o.kind != tg.kind || o.nth < tg.nth || !always && (o.nth != tg.nth || hit.Load() > 0) {
 							return proxytest.Fault{}
 						}
+						hit.Add(1)
 						return k.fault
 					}
 					inject.Store(&f)
 					res, err := rebaseOnce()
 					inject.Store(nil)
+					if hit.Load() == 0 {
+						t.Fatalf("the fault was never injected: no %s #%d in this run", tg.kind, tg.nth)
+					}
 					after := reg.Snapshot(t)
 					if err == nil {
 						if res.Action != engine.Rebased || after["app:1"] != res.After.String() {
@@ -215,7 +246,7 @@ func faultMatrix(t *testing.T, reg *regtest.Registry, reset func(), wantLayers i
 							t.Fatalf("failed (%v) but tags changed: %v → %v", err, before, after)
 						}
 						if !always {
-							t.Errorf("a single %s at %s was not recovered: %v", k.name, target, err)
+							t.Errorf("a single %s at %s #%d was not recovered: %v", k.name, tg.kind, tg.nth, err)
 						}
 					}
 					checkAllValid(t, reg, wantLayers)
@@ -223,19 +254,6 @@ func faultMatrix(t *testing.T, reg *regtest.Registry, reset func(), wantLayers i
 			}
 		}
 	}
-}
-
-func digestOf(r *http.Request) string {
-	switch proxytest.Classify(r.Method, r.URL.Path) {
-	case "blob":
-		return r.URL.Path[strings.LastIndexByte(r.URL.Path, '/')+1:]
-	case "blob-upload":
-		if d := r.URL.Query().Get("digest"); d != "" {
-			return d
-		}
-		return r.URL.Query().Get("mount")
-	}
-	return ""
 }
 
 // TestConcurrentPushIsDetected: someone pushes to the tag between the read

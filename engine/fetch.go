@@ -26,14 +26,24 @@ type doc struct {
 	// image is set for image manifests; its config is filled by config.
 	image *manifest.Image
 
-	cfgOnce sync.Once
-	cfgErr  error
+	cfg sharedRead[struct{}]
+	// shared marks a base's document read once for a batch: its failures
+	// are BaseReadErrors.
+	shared bool
 }
 
-// config fetches the image's config once, however many goroutines ask.
+// config fetches the image's config once, however many goroutines ask (a
+// base's, in a batch: see sharedRead).
 func (d *doc) config(ctx context.Context) error {
-	d.cfgOnce.Do(func() { d.cfgErr = fetchConfig(ctx, d.loc, d.image) })
-	return d.cfgErr
+	attempts := singleAttempts
+	if d.shared {
+		attempts = batchAttempts
+	}
+	_, err := d.cfg.get(ctx, attempts, func() (struct{}, error) { return struct{}{}, fetchConfig(ctx, d.loc, d.image) })
+	if err != nil && d.shared {
+		return baseReadError(d.loc.String(), err)
+	}
+	return err
 }
 
 // fetchDoc reads the manifest at loc and parses it as an image or an index.
@@ -144,15 +154,15 @@ func (e *noPlatformError) As(target any) bool {
 // imageCache fetches each image (manifest and config) once per run, however
 // many platforms or images ask for it.
 type imageCache struct {
+	// shared marks a batch's cache of its bases' images: its failures are
+	// BaseReadErrors.
+	shared bool
+
 	mu sync.Mutex
 	m  map[string]*cacheEntry
 }
 
-type cacheEntry struct {
-	done chan struct{}
-	img  *manifest.Image
-	err  error
-}
+type cacheEntry = sharedRead[*manifest.Image]
 
 // get returns the image with digest dg in loc's repository, named ref in
 // messages.
@@ -164,20 +174,25 @@ func (c *imageCache) get(ctx context.Context, repo Repo, dg v1.Hash, ref string)
 	}
 	e, ok := c.m[key]
 	if !ok {
-		e = &cacheEntry{done: make(chan struct{})}
+		e = &cacheEntry{}
 		c.m[key] = e
 	}
 	c.mu.Unlock()
-	if ok {
-		<-e.done
-		return e.img, e.err
+	attempts := singleAttempts
+	if c.shared {
+		attempts = batchAttempts
 	}
-	defer close(e.done)
-	e.img, e.err = FetchImage(ctx, Location{Repo: repo, Digest: dg.String()})
-	if e.img != nil {
-		e.img.Ref = ref
+	img, err := e.get(ctx, attempts, func() (*manifest.Image, error) {
+		img, err := FetchImage(ctx, Location{Repo: repo, Digest: dg.String()})
+		if img != nil {
+			img.Ref = ref
+		}
+		return img, err
+	})
+	if err != nil && c.shared {
+		return nil, baseReadError(ref, err)
 	}
-	return e.img, e.err
+	return img, err
 }
 
 // forPlatform returns the single-platform image of d that serves p: d

@@ -30,17 +30,12 @@ type platformWork struct {
 	detection *basedetect.Decision
 }
 
-// rebaseIndex rebases each platform image of an index onto the matching
-// image of the new base, then writes a new index that keeps the original's
-// order, annotations and platform fields. Rounds: the platform images'
-// manifests and configs (each fetched once), then the blobs and configs, the
-// platform manifests, and the index last.
-func rebaseIndex(ctx context.Context, req Request, target WritableRepo, img, from, to *doc) (*Result, error) {
-	return rebaseIndexIn(ctx, req, target, img, from, to, nil)
-}
-
-// rebaseIndexIn is rebaseIndex within a batch run (nil for a single rebase):
-// the bases' platform images come from the run's cache.
+// rebaseIndexIn rebases, within a run, each platform image of an index
+// onto the matching image of the new base, then writes a new index that
+// keeps the original's order, annotations and platform fields. Rounds: the
+// platform images' manifests and configs (each fetched once), then the
+// blobs and configs, the platform manifests, the index, and the tag read
+// back. In a batch, the bases' platform images come from the batch's cache.
 func rebaseIndexIn(ctx context.Context, req Request, target WritableRepo, img, from, to *doc, r *run) (*Result, error) {
 	work, err := indexWork(req, img)
 	if err != nil {
@@ -165,7 +160,17 @@ func finishIndex(ctx context.Context, req Request, target WritableRepo, img *doc
 		res.Action = WouldRebase
 		return res, nil
 	}
-	if err := writeIndex(ctx, req, target, img, work, desc, raw, res, r); err != nil {
+	if up, err := r.targetTaken(req, desc.Digest); up || err != nil {
+		if up {
+			res.Action = UpToDate
+		}
+		return res, err
+	}
+	switch err := writeIndex(ctx, req, target, img, work, desc, raw, res, r); {
+	case errors.Is(err, errUpToDate):
+		res.Action = UpToDate
+		return res, nil
+	case err != nil:
 		return nil, err
 	}
 	for i := range res.Platforms {
@@ -343,45 +348,44 @@ func writeIndex(ctx context.Context, req Request, target WritableRepo, img *doc,
 			}
 		})
 	}
-	var current targetState
-	inPlace := req.Target.String() == req.Image.String() && req.Target.Tag != ""
-	if inPlace && !req.Force && r.recheck() {
-		wg.Go(func() { current = resolveTarget(ctx, target, req.Target.Tag) })
-	}
-	if req.BackupTag != "" {
-		wg.Go(func() {
-			if err := backup(ctx, req, img.desc, img.raw); err != nil {
-				fail(err)
-			}
-		})
-	}
 	wg.Wait()
-	if err := errors.Join(append(errs, current.err)...); err != nil {
-		return fmt.Errorf("nothing written to %s: %w", req.Target, err)
+	if len(errs) > 0 {
+		return unchanged(req, errors.Join(errs...))
 	}
-	if current.exists && current.digest != res.Before {
-		return fmt.Errorf("%s moved to %s since it was read (someone pushed meanwhile); nothing written: rerun to rebase the new image, or pass --force", req.Target, current.digest)
-	}
+	// The platform manifests, by digest, with the tag read alongside; then
+	// the index moves the tag (see tagGuard.commit).
+	guard := newGuard(req, target, r, res.Before, desc.Digest)
 	for _, p := range changed {
 		wg.Go(func() {
-			if err := target.PutManifest(ctx, "", p.ManifestDescriptor, p.Manifest); err != nil {
+			if err := r.putManifest(ctx, target, "", p.ManifestDescriptor, p.Manifest); err != nil {
 				fail(err)
 			}
 		})
+	}
+	if guard.check {
+		wg.Go(func() { guard.readTag(ctx) })
 	}
 	wg.Wait()
 	if len(errs) > 0 {
-		return fmt.Errorf("%s left unchanged: %w", req.Target, errors.Join(errs...))
+		return unchanged(req, errors.Join(errs...))
 	}
-	if err := target.PutManifest(ctx, req.Target.Tag, desc, raw); err != nil {
+	upToDate, backupTag, warnings, err := guard.commit(ctx, img.desc, img.raw, func() error {
+		return r.putManifest(ctx, target, req.Target.Tag, desc, raw)
+	})
+	if err != nil {
 		return err
 	}
-	if inPlace {
+	if upToDate {
+		return errUpToDate
+	}
+	res.Warnings = append(res.Warnings, warnings...)
+	res.Backup = backupTag
+	if req.Target.String() == req.Image.String() && req.Target.Tag != "" {
 		d := res.Before
 		res.Replaced = &d
 	}
-	if req.BackupTag != "" {
-		res.Backup = req.Image.Repo.Name() + ":" + req.BackupTag
-	}
 	return nil
 }
+
+// errUpToDate ends writeIndex when another run wrote the same index meanwhile.
+var errUpToDate = errors.New("up to date")

@@ -137,10 +137,11 @@ func (e *TargetExistsError) Error() string {
 
 // Rebase reads the image and both bases, plans the rebase and, unless it is
 // up to date or a dry run, writes the result. Independent requests run
-// concurrently, in four rounds for a single-platform image: the manifests
+// concurrently, in five rounds for a single-platform image: the manifests
 // (with the target tag when it is not the image), the configs (with the
 // opening of the config upload when a write is likely), the blobs and the
-// config, the manifest. Indexes are rebased platform by platform. Without
+// config (with the tag read again), the manifest, and in a registry the tag
+// read back (see tagGuard). Indexes are rebased platform by platform. Without
 // req.From the old base is found from the image (see Detect): two rounds
 // more, as the label that names the base is in the image's config. The
 // image's signatures are looked for alongside (see CheckSignatures).
@@ -169,17 +170,17 @@ func Rebase(ctx context.Context, req Request) (*Result, error) {
 	if existing.err != nil {
 		return nil, existing.err
 	}
-	if existing.exists && !req.Force {
-		return nil, &TargetExistsError{Target: req.Target.String(), Digest: existing.digest}
-	}
+	// A target tag that exists is refused (unless Force) once the result is
+	// known: when it already names the result, the rebase is up to date.
+	r := &run{existing: existing}
 	sigs := startSignatureCheck(ctx, req, docs[0])
 	var res *Result
 	if req.From.Repo == nil {
-		res, err = rebaseDetected(ctx, req, target, docs[0], docs[2])
+		res, err = rebaseDetectedIn(ctx, req, target, docs[0], docs[2], r)
 	} else if docs[0].kind == manifest.KindIndex {
-		res, err = rebaseIndex(ctx, req, target, docs[0], docs[1], docs[2])
+		res, err = rebaseIndexIn(ctx, req, target, docs[0], docs[1], docs[2], r)
 	} else {
-		res, err = rebaseImage(ctx, req, target, docs[0], docs[1], docs[2])
+		res, err = rebaseImageIn(ctx, req, target, docs[0], docs[1], docs[2], r)
 	}
 	if res != nil && existing.exists {
 		res.Replaced = &existing.digest
@@ -190,12 +191,7 @@ func Rebase(ctx context.Context, req Request) (*Result, error) {
 	return res, err
 }
 
-// rebaseImage rebases a single-platform image.
-func rebaseImage(ctx context.Context, req Request, target WritableRepo, img, from, to *doc) (*Result, error) {
-	return rebaseImageIn(ctx, req, target, img, from, to, nil)
-}
-
-// rebaseImageIn is rebaseImage within a batch run (nil for a single rebase).
+// rebaseImageIn rebases a single-platform image within a run.
 func rebaseImageIn(ctx context.Context, req Request, target WritableRepo, img, from, to *doc, r *run) (*Result, error) {
 	// A write is likely unless the image already starts with the new
 	// base's layers; then open the config upload alongside the reads.
@@ -357,14 +353,16 @@ func firstError(errs ...error) error {
 // Apply writes a plan to req.Target: the blobs the target lacks (mounted)
 // and the config together, then the manifest. session, if not nil, is an
 // upload already opened for the config. Nothing is written for an up-to-date
-// plan or a dry run. Writing in place, the image's tag is checked again
-// just before the manifest is written (unless req.Force): if someone pushed
-// meanwhile, nothing is written.
+// plan or a dry run. Writing in place, the image's tag is read again
+// alongside the last writes (unless req.Force): if someone pushed meanwhile,
+// no tag is written; after the manifest PUT the tag is read back, and a
+// result replaced right away by another writer is a *LostUpdateError. A
+// failure once the writes began is a *WriteError that says what was written.
 func Apply(ctx context.Context, req Request, plan *rebase.Plan, session BlobUpload) (*Result, error) {
 	return apply(ctx, req, plan, session, nil)
 }
 
-// apply is Apply within a batch run (nil for a single rebase).
+// apply is Apply within a run (nil: a target not read beforehand).
 func apply(ctx context.Context, req Request, plan *rebase.Plan, session BlobUpload, r *run) (*Result, error) {
 	res := &Result{
 		Image:    req.Image.String(),
@@ -393,6 +391,16 @@ func apply(ctx context.Context, req Request, plan *rebase.Plan, session BlobUplo
 		return nil, err
 	}
 
+	if up, err := r.targetTaken(req, plan.ManifestDescriptor.Digest); up || err != nil {
+		if up {
+			res.Action = UpToDate
+		}
+		return res, err
+	}
+
+	// The blobs and the config, with the tag read alongside; then the tag
+	// moves (see tagGuard.commit).
+	guard := newGuard(req, target, r, plan.ImageDigest, plan.ManifestDescriptor.Digest)
 	groups := missingBlobs(req, plan)
 	var wg sync.WaitGroup
 	errs := make([]error, len(groups)+1)
@@ -408,36 +416,33 @@ func apply(ctx context.Context, req Request, plan *rebase.Plan, session BlobUplo
 		}
 		errs[len(groups)] = session.Commit(ctx, plan.ConfigDescriptor, plan.Config)
 	})
-	var current targetState
-	inPlace := req.Target.String() == req.Image.String() && req.Target.Tag != ""
-	if inPlace && !req.Force && r.recheck() {
-		wg.Go(func() { current = resolveTarget(ctx, target, req.Target.Tag) })
-	}
-	var backupErr error
-	if req.BackupTag != "" {
-		wg.Go(func() { backupErr = backup(ctx, req, plan.ImageDescriptor, plan.ImageManifest) })
+	if guard.check {
+		wg.Go(func() { guard.readTag(ctx) })
 	}
 	wg.Wait()
-	errs = append(errs, backupErr)
 	for _, r := range reports {
 		res.Transferred = res.Transferred.Add(r)
 	}
-	if err := errors.Join(append(errs, current.err)...); err != nil {
-		return nil, fmt.Errorf("nothing written to %s: %w", req.Target, err)
+	if err := errors.Join(errs...); err != nil {
+		return nil, unchanged(req, err)
 	}
-	if current.exists && current.digest != plan.ImageDigest {
-		return nil, fmt.Errorf("%s moved to %s since it was read (someone pushed meanwhile); nothing written: rerun to rebase the new image, or pass --force", req.Target, current.digest)
-	}
-	if err := target.PutManifest(ctx, req.Target.Tag, plan.ManifestDescriptor, plan.Manifest); err != nil {
+	upToDate, backupTag, warnings, err := guard.commit(ctx, plan.ImageDescriptor, plan.ImageManifest, func() error {
+		return r.putManifest(ctx, target, req.Target.Tag, plan.ManifestDescriptor, plan.Manifest)
+	})
+	if err != nil {
 		return nil, err
 	}
-	if inPlace {
+	if upToDate {
+		// Another run wrote this very result meanwhile.
+		res.Action = UpToDate
+		return res, nil
+	}
+	if req.Target.String() == req.Image.String() && req.Target.Tag != "" {
 		d := plan.ImageDigest
 		res.Replaced = &d
 	}
-	if req.BackupTag != "" {
-		res.Backup = req.Image.Repo.Name() + ":" + req.BackupTag
-	}
+	res.Backup = backupTag
+	res.Warnings = append(slices.Clone(res.Warnings), warnings...)
 	res.Action = Rebased
 	return res, nil
 }

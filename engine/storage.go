@@ -48,6 +48,16 @@ type WritableRepo interface {
 	Resolve(ctx context.Context, tag string) (v1.Hash, bool, error)
 }
 
+// SharedTags is implemented by storage whose tags other clients may move at
+// any time, and which stores a manifest as written (a registry): after
+// moving such a tag, a rebase reads it back, to catch another writer that
+// replaced its result. Local layouts and archives, written atomically by one
+// rebase at a time, do not implement it.
+type SharedTags interface {
+	// SharedTags marks the storage.
+	SharedTags()
+}
+
 // BlobOpener is a Repo that can stream any blob it holds. Targets that
 // must copy blobs (local layouts and archives, or a registry with
 // --allow-copy) read their sources through it.

@@ -47,6 +47,11 @@ func TestConvertLayer(t *testing.T) {
 		{types.DockerForeignLayer, OCI, types.OCIRestrictedLayer, true},
 		{types.OCIRestrictedLayer, Docker, types.DockerForeignLayer, true},
 		{types.OCIUncompressedLayer, Docker, dockerUncompressedLayer, true},
+		{dockerUncompressedLayer, OCI, types.OCIUncompressedLayer, true},
+		{types.OCIUncompressedRestrictedLayer, OCI, types.OCIUncompressedRestrictedLayer, true},
+		{types.OCIUncompressedRestrictedLayer, Docker, types.OCIUncompressedRestrictedLayer, false},
+		{ociNondistributableZstd, OCI, ociNondistributableZstd, true},
+		{ociNondistributableZstd, Docker, ociNondistributableZstd, false},
 		{types.OCILayerZStd, Docker, types.OCILayerZStd, false},
 		{types.OCILayerZStd, OCI, types.OCILayerZStd, true},
 		{"application/x-unknown", OCI, "application/x-unknown", false},
@@ -57,7 +62,29 @@ func TestConvertLayer(t *testing.T) {
 			t.Errorf("ConvertLayer(%s, %s) = %s, %v; want %s, %v (urls kept)", tt.in, tt.to, got.MediaType, ok, tt.want, tt.ok)
 		}
 	}
-	if !IsForeign(v1.Descriptor{MediaType: types.DockerForeignLayer}) || IsForeign(v1.Descriptor{MediaType: types.OCILayer}) {
-		t.Error("IsForeign")
+	// Every layer type of each family: its family, and whether it is
+	// foreign (never pushed or mounted).
+	for _, c := range []struct {
+		mt      types.MediaType
+		family  Family
+		foreign bool
+	}{
+		{types.DockerLayer, Docker, false},
+		{dockerUncompressedLayer, Docker, false},
+		{types.DockerForeignLayer, Docker, true},
+		{types.OCILayer, OCI, false},
+		{types.OCIUncompressedLayer, OCI, false},
+		{types.OCILayerZStd, OCI, false},
+		{types.OCIRestrictedLayer, OCI, true},
+		{types.OCIUncompressedRestrictedLayer, OCI, true},
+		{ociNondistributableZstd, OCI, true},
+		{"application/x-unknown", UnknownFamily, false},
+	} {
+		if f := LayerFamily(c.mt); f != c.family {
+			t.Errorf("LayerFamily(%s) = %s, want %s", c.mt, f, c.family)
+		}
+		if IsForeign(v1.Descriptor{MediaType: c.mt}) != c.foreign {
+			t.Errorf("IsForeign(%s) = %v, want %v", c.mt, !c.foreign, c.foreign)
+		}
 	}
 }

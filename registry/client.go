@@ -11,6 +11,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"slices"
 	"strings"
@@ -57,7 +58,7 @@ type Client struct {
 	retry retryPolicy
 
 	mu     sync.Mutex
-	scopes map[string][]string // registry → scopes asked so far
+	scopes map[string]*scopeBook // registry → scopes asked so far
 	regs   map[string]*regConn
 }
 
@@ -90,7 +91,7 @@ func New(opts Options) *Client {
 	if opts.RetryBackoff > 0 {
 		retry.base = opts.RetryBackoff
 	}
-	return &Client{opts: opts, retry: retry, scopes: map[string][]string{}, regs: map[string]*regConn{}}
+	return &Client{opts: opts, retry: retry, scopes: map[string]*scopeBook{}, regs: map[string]*regConn{}}
 }
 
 // IsInsecure reports whether reg may be reached without verified TLS.
@@ -107,14 +108,13 @@ func (c *Client) nameOptions(defaultRegistry string) []name.Option {
 	return opts
 }
 
-// addScope records that the transport for reg must cover scope. Scopes are
-// gathered before the first request so that one token serves them all.
+// addScope records that the transport for reg must cover scope. Scopes
+// named before the first request share tokens, in groups of repositories
+// (see tokenTransport).
 func (c *Client) addScope(reg, scope string) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if !slices.Contains(c.scopes[reg], scope) {
-		c.scopes[reg] = append(c.scopes[reg], scope)
-	}
+	c.book(reg).add(scope)
 }
 
 // transport returns the authenticated transport of a registry, pinging it
@@ -126,7 +126,6 @@ func (c *Client) transport(ctx context.Context, reg name.Registry) (http.RoundTr
 		rc = &regConn{}
 		c.regs[reg.RegistryStr()] = rc
 	}
-	scopes := slices.Clone(c.scopes[reg.RegistryStr()])
 	c.mu.Unlock()
 
 	rc.once.Do(func() {
@@ -152,15 +151,44 @@ func (c *Client) transport(ctx context.Context, reg name.Registry) (http.RoundTr
 			// Outside the retries: the refusal is final.
 			base = plainHTTPOnly{inner: base, reg: reg.RegistryStr()}
 		}
-		base = transport.NewUserAgent(base, c.opts.UserAgent)
-		rt, err := transport.NewWithContext(ctx, reg, auth, base, scopes)
+		base = redirectCap{inner: transport.NewUserAgent(base, c.opts.UserAgent)}
+		pr, err := transport.Ping(ctx, reg, base)
 		if err != nil {
+			if plain {
+				err = speaksTLS(ctx, reg.RegistryStr(), err)
+			}
 			rc.err = &AccessError{Op: "connecting to", Ref: reg.RegistryStr(), Err: err}
 			return
 		}
-		rc.rt = rt
+		scheme := "https"
+		if pr.Insecure {
+			scheme = "http"
+		}
+		if strings.EqualFold(pr.Scheme, "bearer") {
+			tt := &tokenTransport{inner: base, c: c, reg: reg, auth: auth, challenge: pr, scheme: scheme}
+			// A Wrapper tells go-containerregistry that this transport
+			// authenticates: it neither pings nor wraps it again.
+			rc.rt, rc.err = transport.FromToken(reg, authn.Anonymous, tt, &transport.Challenge{Scheme: "basic"}, &transport.Token{})
+			return
+		}
+		rc.rt, rc.err = transport.FromToken(reg, auth, schemeTransport{inner: base, reg: reg.RegistryStr(), scheme: scheme}, pr, &transport.Token{})
 	})
 	return rc.rt, rc.err
+}
+
+// schemeTransport sends the registry's requests with the scheme its ping
+// answered on (HTTPS, or HTTP for a registry allowed plain HTTP).
+type schemeTransport struct {
+	inner       http.RoundTripper
+	reg, scheme string
+}
+
+func (s schemeTransport) RoundTrip(r *http.Request) (*http.Response, error) {
+	if r.URL.Scheme != s.scheme && sameHost(r.URL.Host, s.reg, r.URL.Scheme) {
+		r = r.Clone(r.Context())
+		r.URL.Scheme = s.scheme
+	}
+	return s.inner.RoundTrip(r)
 }
 
 func insecureTransport(base http.RoundTripper) http.RoundTripper {
@@ -288,6 +316,10 @@ func (e *AccessError) Is(target error) bool {
 
 // describe shortens go-containerregistry's errors to one line.
 func describe(err error) string {
+	var loop *redirectLoopError
+	if errors.As(err, &loop) {
+		return loop.Error()
+	}
 	var cv *tls.CertificateVerificationError
 	if errors.As(err, &cv) {
 		return fmt.Sprintf("TLS certificate not trusted (%v); add its CA to the system store or SSL_CERT_FILE, or pass --insecure for this registry", cv.Err)
@@ -309,4 +341,24 @@ func describe(err error) string {
 		return fmt.Sprintf("unexpected status %d", te.StatusCode)
 	}
 	return strings.ReplaceAll(redactURLs(err.Error()), "\n", " ")
+}
+
+// speaksTLS explains a failed plain-HTTP ping of reg: a registry that
+// answers 400 to plain HTTP and completes a TLS handshake speaks HTTPS (Go
+// servers answer "Client sent an HTTP request to an HTTPS server", nginx
+// "The plain HTTP request was sent to HTTPS port", both with 400).
+func speaksTLS(ctx context.Context, reg string, err error) error {
+	var te *transport.Error
+	if !errors.As(err, &te) || te.StatusCode != http.StatusBadRequest {
+		return err
+	}
+	d := tls.Dialer{Config: &tls.Config{InsecureSkipVerify: true}, NetDialer: &net.Dialer{Timeout: 5 * time.Second}} //nolint:gosec // only to tell that the server speaks TLS; nothing is sent
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	conn, derr := d.DialContext(ctx, "tcp", reg)
+	if derr != nil {
+		return err
+	}
+	conn.Close()
+	return fmt.Errorf("%s speaks TLS (HTTPS), not plain HTTP: name it without http:// (add --insecure=%s if its certificate is not trusted)", reg, reg)
 }

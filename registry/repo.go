@@ -29,7 +29,12 @@ type Repo struct {
 var (
 	_ engine.WritableRepo = (*Repo)(nil)
 	_ engine.BlobOpener   = (*Repo)(nil)
+	_ engine.SharedTags   = (*Repo)(nil)
 )
+
+// SharedTags marks a registry's tags as moved by other clients too
+// (engine.SharedTags).
+func (r *Repo) SharedTags() {}
 
 // Parse turns a reference into a location. A reference without a registry
 // host belongs to defaultRegistry (the REGISTRY argument of the classic
@@ -133,6 +138,9 @@ func (r *Repo) Manifest(ctx context.Context, id string) (v1.Descriptor, []byte, 
 	}
 	d, err := remote.Get(ref, opts...)
 	if err != nil {
+		if ie := invalidDocument(ref.Name(), err); ie != nil {
+			return v1.Descriptor{}, nil, ie
+		}
 		return v1.Descriptor{}, nil, &AccessError{Op: "reading manifest", Ref: ref.Name(), Err: err}
 	}
 	if d.Size > manifest.MaxDocumentSize {
@@ -141,26 +149,26 @@ func (r *Repo) Manifest(ctx context.Context, id string) (v1.Descriptor, []byte, 
 	return d.Descriptor, d.Manifest, nil
 }
 
-// Blob fetches a small blob and checks its digest.
+// Blob fetches a small blob and checks its size and digest. It never
+// reads more than manifest.MaxDocumentSize bytes.
 func (r *Repo) Blob(ctx context.Context, d v1.Descriptor) ([]byte, error) {
 	ref := r.repo.Digest(d.Digest.String())
 	if d.Size > manifest.MaxDocumentSize {
 		return nil, &manifest.InvalidError{Ref: ref.Name(), What: fmt.Sprintf("config of %d bytes is over the %d byte limit", d.Size, manifest.MaxDocumentSize)}
 	}
-	opts, err := r.options(ctx)
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, r.url(fmt.Sprintf("/v2/%s/blobs/%s", r.repo.RepositoryStr(), d.Digest)).String(), nil)
 	if err != nil {
 		return nil, err
 	}
-	l, err := remote.Layer(ref, opts...)
+	resp, err := r.do(ctx, req)
 	if err != nil {
 		return nil, &AccessError{Op: "reading blob", Ref: ref.Name(), Err: err}
 	}
-	rc, err := l.Compressed()
-	if err != nil {
+	defer resp.Body.Close()
+	if err := transport.CheckError(resp, http.StatusOK); err != nil {
 		return nil, &AccessError{Op: "reading blob", Ref: ref.Name(), Err: err}
 	}
-	defer rc.Close()
-	b, err := io.ReadAll(io.LimitReader(rc, manifest.MaxDocumentSize+1))
+	b, err := io.ReadAll(io.LimitReader(resp.Body, manifest.MaxDocumentSize+1))
 	if err != nil {
 		return nil, &AccessError{Op: "reading blob", Ref: ref.Name(), Err: err}
 	}
@@ -252,14 +260,33 @@ func (r *Repo) finishUpload(ctx context.Context, loc string, d v1.Descriptor, bo
 	req.ContentLength = d.Size
 	req.Header.Set("Content-Type", "application/octet-stream")
 	resp, err := r.do(ctx, req)
-	if err != nil {
-		return &AccessError{Op: "uploading blob", Ref: r.repo.Digest(d.Digest.String()).Name(), Err: err}
+	if err == nil {
+		err = transport.CheckError(resp, http.StatusCreated)
+		resp.Body.Close()
 	}
-	defer resp.Body.Close()
-	if err := transport.CheckError(resp, http.StatusCreated); err != nil {
+	if err != nil {
+		// The registry may have stored the blob and lost the answer; the
+		// retry then finds the session closed. The blob is what counts.
+		if r.hasBlob(ctx, d) {
+			return nil
+		}
 		return &AccessError{Op: "uploading blob", Ref: r.repo.Digest(d.Digest.String()).Name(), Err: err}
 	}
 	return nil
+}
+
+// hasBlob reports whether the repository holds the blob d, with its size.
+func (r *Repo) hasBlob(ctx context.Context, d v1.Descriptor) bool {
+	req, err := http.NewRequestWithContext(ctx, http.MethodHead, r.url(fmt.Sprintf("/v2/%s/blobs/%s", r.repo.RepositoryStr(), d.Digest)).String(), nil)
+	if err != nil {
+		return false
+	}
+	resp, err := r.do(ctx, req)
+	if err != nil {
+		return false
+	}
+	resp.Body.Close()
+	return resp.StatusCode == http.StatusOK && (resp.ContentLength < 0 || resp.ContentLength == d.Size)
 }
 
 func (r *Repo) do(ctx context.Context, req *http.Request) (*http.Response, error) {
@@ -267,7 +294,7 @@ func (r *Repo) do(ctx context.Context, req *http.Request) (*http.Response, error
 	if err != nil {
 		return nil, err
 	}
-	return (&http.Client{Transport: rt}).Do(req)
+	return (&http.Client{Transport: rt, CheckRedirect: capRedirects}).Do(req)
 }
 
 func (r *Repo) url(path string) *url.URL {

@@ -3,12 +3,16 @@ package registry
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"math/rand/v2"
 	"net/http"
 	"strconv"
+	"strings"
 	"time"
+
+	"github.com/image-rebase/image-rebase/manifest"
 )
 
 // retryPolicy says how requests are retried.
@@ -48,7 +52,7 @@ func (t *retryTransport) RoundTrip(r *http.Request) (*http.Response, error) {
 		}
 		resp, err = t.inner.RoundTrip(req)
 		if err == nil && r.Method == http.MethodGet {
-			err = bufferSmall(resp)
+			err = bufferSmall(r, resp)
 		}
 		if !replayable || attempt >= t.policy.attempts || !retriable(resp, err, r.Context()) {
 			break
@@ -74,30 +78,85 @@ func (t *retryTransport) RoundTrip(r *http.Request) (*http.Response, error) {
 }
 
 // bufferSmall reads a small answer (a manifest or a config) whole, so that a
-// connection cut or a digest mismatch in its body becomes an error this
-// transport can retry. Large bodies (layers, only with --allow-copy) stream.
-func bufferSmall(resp *http.Response) error {
-	if resp.StatusCode != http.StatusOK || resp.ContentLength < 0 || resp.ContentLength > maxBuffered {
+// connection cut in its body becomes an error this transport can retry.
+// Large bodies (layers, only with --allow-copy) stream. A manifest is never
+// read past manifest.MaxDocumentSize, whether or not the registry announced
+// its length: memory stays bounded whatever a registry sends.
+func bufferSmall(r *http.Request, resp *http.Response) error {
+	if resp.StatusCode != http.StatusOK {
 		return nil
 	}
-	b, err := io.ReadAll(resp.Body)
+	isManifest := strings.Contains(r.URL.Path, "/manifests/")
+	if isManifest && resp.ContentLength > maxBuffered {
+		resp.Body.Close()
+		return &tooLargeError{url: redactedURL(r), size: resp.ContentLength}
+	}
+	if !isManifest && (resp.ContentLength < 0 || resp.ContentLength > maxBuffered) {
+		return nil
+	}
+	b, err := io.ReadAll(io.LimitReader(resp.Body, maxBuffered+1))
 	resp.Body.Close()
 	if err != nil {
 		return err
 	}
+	if len(b) > maxBuffered {
+		return &tooLargeError{url: redactedURL(r), size: -1}
+	}
 	resp.Body = io.NopCloser(bytes.NewReader(b))
+	resp.ContentLength = int64(len(b))
 	return nil
 }
 
-// maxBuffered is the largest answer bufferSmall reads whole.
-const maxBuffered = 4 << 20
+// maxBuffered is the largest answer bufferSmall reads whole, and the
+// largest manifest read at all.
+const maxBuffered = manifest.MaxDocumentSize
+
+// permanent is implemented by errors that no retry can cure: a document
+// over the size limit, a body that does not match its digest, a redirect
+// loop.
+type permanent interface{ permanent() }
+
+// documentError is a document a registry served that cannot be used: too
+// large, or not matching its digest. It makes a manifest.InvalidError.
+type documentError interface {
+	error
+	what() string
+}
+
+// invalidDocument turns a documentError in err's chain into a
+// manifest.InvalidError about ref; it returns nil when there is none.
+func invalidDocument(ref string, err error) error {
+	var de documentError
+	if !errors.As(err, &de) {
+		return nil
+	}
+	return &manifest.InvalidError{Ref: ref, What: de.what()}
+}
+
+// tooLargeError is a manifest over manifest.MaxDocumentSize.
+type tooLargeError struct {
+	url  string
+	size int64 // -1 when the registry did not say
+}
+
+func (e *tooLargeError) Error() string { return e.url + ": " + e.what() }
+
+func (e *tooLargeError) what() string {
+	if e.size < 0 {
+		return fmt.Sprintf("manifest over the %d byte limit (reading stopped there)", manifest.MaxDocumentSize)
+	}
+	return fmt.Sprintf("manifest of %d bytes is over the %d byte limit (not read)", e.size, manifest.MaxDocumentSize)
+}
+
+func (*tooLargeError) permanent() {}
 
 func retriable(resp *http.Response, err error, ctx context.Context) bool {
 	if ctx.Err() != nil {
 		return false
 	}
 	if err != nil {
-		return true
+		var p permanent
+		return !errors.As(err, &p)
 	}
 	switch resp.StatusCode {
 	case http.StatusRequestTimeout, http.StatusTooManyRequests, http.StatusInternalServerError,

@@ -11,9 +11,11 @@ import (
 )
 
 // verifyTransport checks every manifest the registry serves against the
-// Docker-Content-Digest it announces, so that a document fetched by tag is
-// as verified as one fetched by digest (go-containerregistry checks only the
-// latter). A mismatch fails the read at its end.
+// digest it was asked for (a read by digest) and the Docker-Content-Digest
+// the registry announces, so that a document fetched by tag is as verified
+// as one fetched by digest. A mismatch fails the read at its end, with an
+// error that is not retried: a registry that serves a body that does not
+// match its digest is corrupt, not busy.
 type verifyTransport struct {
 	inner http.RoundTripper
 }
@@ -23,8 +25,14 @@ func (t *verifyTransport) RoundTrip(r *http.Request) (*http.Response, error) {
 	if err != nil || r.Method != http.MethodGet || resp.StatusCode != http.StatusOK || !strings.Contains(r.URL.Path, "/manifests/") {
 		return resp, err
 	}
-	want, ok := strings.CutPrefix(resp.Header.Get("Docker-Content-Digest"), "sha256:")
-	if !ok {
+	var want []string
+	if asked, ok := strings.CutPrefix(r.URL.Path[strings.LastIndex(r.URL.Path, "/")+1:], "sha256:"); ok {
+		want = append(want, asked)
+	}
+	if announced, ok := strings.CutPrefix(resp.Header.Get("Docker-Content-Digest"), "sha256:"); ok {
+		want = append(want, announced)
+	}
+	if len(want) == 0 {
 		return resp, nil
 	}
 	resp.Body = &digestReader{rc: resp.Body, h: sha256.New(), want: want, url: redactedURL(r)}
@@ -34,7 +42,7 @@ func (t *verifyTransport) RoundTrip(r *http.Request) (*http.Response, error) {
 type digestReader struct {
 	rc   io.ReadCloser
 	h    hash.Hash
-	want string
+	want []string
 	url  string
 }
 
@@ -42,11 +50,27 @@ func (d *digestReader) Read(p []byte) (int, error) {
 	n, err := d.rc.Read(p)
 	d.h.Write(p[:n])
 	if err == io.EOF {
-		if got := hex.EncodeToString(d.h.Sum(nil)); got != d.want {
-			return n, fmt.Errorf("%s: content digest sha256:%s does not match the announced sha256:%s (truncated or altered)", d.url, got, d.want)
+		got := hex.EncodeToString(d.h.Sum(nil))
+		for _, w := range d.want {
+			if got != w {
+				return n, &corruptError{url: d.url, got: got, want: w}
+			}
 		}
 	}
 	return n, err
 }
 
 func (d *digestReader) Close() error { return d.rc.Close() }
+
+// corruptError is a manifest whose content does not match its digest.
+type corruptError struct {
+	url, got, want string
+}
+
+func (e *corruptError) Error() string { return e.url + ": " + e.what() }
+
+func (e *corruptError) what() string {
+	return fmt.Sprintf("content digest sha256:%s does not match sha256:%s (corrupt or altered)", e.got, e.want)
+}
+
+func (*corruptError) permanent() {}

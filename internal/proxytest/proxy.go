@@ -5,6 +5,8 @@
 package proxytest
 
 import (
+	"bytes"
+	"fmt"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -51,8 +53,11 @@ type Fault struct {
 	RetryAfter string
 	// Drop closes the connection without an answer.
 	Drop bool
-	// Truncate forwards the request but sends only half of the answer's
-	// body (with the full Content-Length), then closes the connection.
+	// Truncate forwards the request but sends only half of the answer,
+	// then closes the connection: half of its body (with the full
+	// Content-Length), or, for an answer without a body (HEAD, 201, 202),
+	// half of its status line and headers. The backend has handled the
+	// request: only its answer is lost.
 	Truncate bool
 	// Delay waits this long before forwarding.
 	Delay time.Duration
@@ -126,25 +131,50 @@ func Start(backend string, opts ...Option) *Proxy {
 		if e.Class == "blob-upload" && r.Body != nil {
 			r.Body = &counter{ReadCloser: r.Body, n: &e.BlobBytesIn}
 		}
+		if truncate {
+			e.Status = truncated(rp, w, r)
+			return
+		}
 		cw := &countingWriter{ResponseWriter: w}
-		if truncate {
-			cw.limit = -1
-		}
 		rp.ServeHTTP(cw, r)
-		if truncate {
-			cw.Flush()
-			if hj, ok := w.(http.Hijacker); ok {
-				if c, _, err := hj.Hijack(); err == nil {
-					c.Close()
-				}
-			}
-		}
 		e.Status = cw.status
 		if e.Class == "blob" && r.Method == http.MethodGet {
 			e.BlobBytesOut = cw.n
 		}
 	}))
 	return p
+}
+
+// truncated forwards r and sends half of the answer (see Fault.Truncate),
+// then closes the connection; it returns the backend's status.
+func truncated(rp http.Handler, w http.ResponseWriter, r *http.Request) int {
+	rec := httptest.NewRecorder()
+	rp.ServeHTTP(rec, r)
+	hj, ok := w.(http.Hijacker)
+	if !ok {
+		return rec.Code
+	}
+	conn, buf, err := hj.Hijack()
+	if err != nil {
+		return rec.Code
+	}
+	defer conn.Close()
+	body := rec.Body.Bytes()
+	var head bytes.Buffer
+	fmt.Fprintf(&head, "HTTP/1.1 %d %s\r\n", rec.Code, http.StatusText(rec.Code))
+	if len(body) > 0 && r.Method != http.MethodHead {
+		rec.Header().Set("Content-Length", strconv.Itoa(len(body)))
+	}
+	rec.Header().Write(&head)
+	head.WriteString("\r\n")
+	if len(body) == 0 || r.Method == http.MethodHead {
+		buf.Write(head.Bytes()[:head.Len()/2])
+	} else {
+		buf.Write(head.Bytes())
+		buf.Write(body[:len(body)/2])
+	}
+	buf.Flush()
+	return rec.Code
 }
 
 // Host returns "127.0.0.1:port".
@@ -243,6 +273,39 @@ func Classify(method, path string) string {
 	return "other"
 }
 
+// Describe names what a registry request is, independently of anything
+// that changes from run to run (an upload session's id): "GET ping",
+// "GET manifest app 1", "HEAD blob app sha256:…", "POST upload-open app",
+// "POST mount app sha256:… from base", "PUT upload-commit app sha256:…",
+// "PATCH upload-data app", "DELETE upload-cancel app".
+func Describe(r *http.Request) string {
+	class := Classify(r.Method, r.URL.Path)
+	rest := strings.TrimPrefix(r.URL.Path, "/v2/")
+	switch class {
+	case "ping":
+		return r.Method + " ping"
+	case "manifest", "blob":
+		i := strings.LastIndex(rest, "/"+class+"s/")
+		return fmt.Sprintf("%s %s %s %s", r.Method, class, rest[:i], rest[i+len(class)+3:])
+	case "blob-upload":
+		repo := rest[:strings.Index(rest, "/blobs/uploads")]
+		q := r.URL.Query()
+		switch {
+		case r.Method == http.MethodPost && q.Get("mount") != "":
+			return fmt.Sprintf("POST mount %s %s from %s", repo, q.Get("mount"), q.Get("from"))
+		case r.Method == http.MethodPost:
+			return "POST upload-open " + repo
+		case r.Method == http.MethodPut:
+			return fmt.Sprintf("PUT upload-commit %s %s", repo, q.Get("digest"))
+		case r.Method == http.MethodPatch:
+			return "PATCH upload-data " + repo
+		case r.Method == http.MethodDelete:
+			return "DELETE upload-cancel " + repo
+		}
+	}
+	return r.Method + " " + class + " " + r.URL.Path
+}
+
 type counter struct {
 	io.ReadCloser
 	n *int64
@@ -258,30 +321,16 @@ type countingWriter struct {
 	http.ResponseWriter
 	status int
 	n      int64
-	// limit, when set, is how many body bytes to let through: -1 until the
-	// headers say how long the body is, then half of it.
-	limit int64
 }
 
 func (c *countingWriter) WriteHeader(s int) {
 	c.status = s
-	if c.limit == -1 {
-		cl, _ := strconv.ParseInt(c.Header().Get("Content-Length"), 10, 64)
-		c.limit = cl / 2
-	}
 	c.ResponseWriter.WriteHeader(s)
 }
 
 func (c *countingWriter) Write(b []byte) (int, error) {
 	if c.status == 0 {
 		c.WriteHeader(http.StatusOK)
-	}
-	if c.limit > 0 || c.limit == -1 {
-		if room := c.limit - c.n; int64(len(b)) > room {
-			n, _ := c.ResponseWriter.Write(b[:max(room, 0)])
-			c.n += int64(n)
-			return len(b), nil
-		}
 	}
 	n, err := c.ResponseWriter.Write(b)
 	c.n += int64(n)

@@ -129,3 +129,48 @@ func TestTruncateAndDrop(t *testing.T) {
 		t.Errorf("third request = %q", b)
 	}
 }
+
+// TestTruncateBodilessAnswers: an answer without a body (201, HEAD) is cut
+// in its headers: the client gets an error, although the backend handled
+// the request.
+func TestTruncateBodilessAnswers(t *testing.T) {
+	var handled int
+	backend := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		handled++
+		w.Header().Set("Location", "/v2/x/blobs/uploads/some-long-session-id")
+		w.Header().Set("Content-Length", "0")
+		w.WriteHeader(http.StatusCreated)
+	}))
+	defer backend.Close()
+	p := Start(strings.TrimPrefix(backend.URL, "http://"), WithFaults(func(n int, r *http.Request) Fault {
+		return Fault{Truncate: true}
+	}))
+	defer p.Close()
+	for _, method := range []string{http.MethodPut, http.MethodHead} {
+		req, _ := http.NewRequest(method, "http://"+p.Host()+"/v2/x/blobs/uploads/abc?digest=sha256:1", nil)
+		if resp, err := http.DefaultClient.Do(req); err == nil {
+			resp.Body.Close()
+			t.Errorf("%s: truncated answer read as %s", method, resp.Status)
+		}
+	}
+	if handled != 2 {
+		t.Errorf("backend handled %d requests, want 2", handled)
+	}
+}
+
+func TestDescribe(t *testing.T) {
+	for _, c := range []struct{ method, url, want string }{
+		{"GET", "/v2/", "GET ping"},
+		{"GET", "/v2/team/app/manifests/1", "GET manifest team/app 1"},
+		{"HEAD", "/v2/app/blobs/sha256:ab", "HEAD blob app sha256:ab"},
+		{"POST", "/v2/app/blobs/uploads/?mount=sha256:ab&from=base", "POST mount app sha256:ab from base"},
+		{"POST", "/v2/app/blobs/uploads/", "POST upload-open app"},
+		{"PUT", "/v2/app/blobs/uploads/0192-uuid?_state=x&digest=sha256:cd", "PUT upload-commit app sha256:cd"},
+		{"DELETE", "/v2/app/blobs/uploads/0192-uuid", "DELETE upload-cancel app"},
+	} {
+		r := httptest.NewRequest(c.method, c.url, nil)
+		if got := Describe(r); got != c.want {
+			t.Errorf("Describe(%s %s) = %q, want %q", c.method, c.url, got, c.want)
+		}
+	}
+}

@@ -89,7 +89,9 @@ type options struct {
 	wrap       func(http.Handler) http.Handler
 	tls        bool
 	token      bool
+	lifetime   time.Duration
 	urls       []string
+	notify     []configuration.Endpoint
 }
 
 // Option configures Start.
@@ -112,9 +114,17 @@ func WithBasicAuth(user, pass string) Option {
 // needs (pull for reads, pull and push for writes, delete, pull on the
 // source of a cross-repository mount, registry:catalog:* for the catalog)
 // gets a 401 insufficient_scope challenge, as from Distribution's token
-// access controller.
+// access controller. Tokens live 300 s (see WithTokenLifetime); an expired
+// token gets a 401 invalid_token challenge. A token request longer than 8
+// KiB is refused with 414, as nginx in front of a token server does.
 func WithTokenAuth() Option {
 	return func(o *options) { o.token = true }
+}
+
+// WithTokenLifetime makes the tokens of WithTokenAuth expire after d (at
+// least one second: the token protocol counts in seconds).
+func WithTokenLifetime(d time.Duration) Option {
+	return func(o *options) { o.lifetime = max(d, time.Second) }
 }
 
 // WithTLS serves HTTPS with a fresh self-signed certificate for 127.0.0.1
@@ -135,6 +145,19 @@ func WithHandler(wrap func(http.Handler) http.Handler) Option {
 // layers, as in Windows images. By default Distribution refuses every url.
 func WithAllowedURLs(patterns ...string) Option {
 	return func(o *options) { o.urls = append(o.urls, patterns...) }
+}
+
+// WithNotifications makes the registry send its events (pushes, pulls,
+// mounts, deletes) to url as Distribution does: POSTed envelopes of
+// "application/vnd.docker.distribution.events.v2+json", with headers
+// added to each request, retried every 100 ms while url fails.
+func WithNotifications(url string, headers http.Header) Option {
+	return func(o *options) {
+		o.notify = append(o.notify, configuration.Endpoint{
+			Name: fmt.Sprintf("endpoint-%d", len(o.notify)+1), URL: url, Headers: headers,
+			Timeout: 2 * time.Second, Threshold: 1, Backoff: 100 * time.Millisecond,
+		})
+	}
 }
 
 // Start runs a registry until the test ends.
@@ -180,10 +203,11 @@ func Start(t testing.TB, opts ...Option) *Registry {
 	if len(o.urls) > 0 {
 		cfg.Validation.Manifests.URLs.Allow = o.urls
 	}
+	cfg.Notifications.Endpoints = o.notify
 	app := handlers.NewApp(context.Background(), cfg)
 	var h http.Handler = app
 	if o.token {
-		reg.tokens = newTokenServer(o.user, o.pass)
+		reg.tokens = newTokenServer(o.user, o.pass, o.lifetime)
 		h = reg.tokens.wrap(h)
 	}
 	if o.wrap != nil {
@@ -440,6 +464,15 @@ func (r *Registry) TokenScopes() []string {
 		return nil
 	}
 	return r.tokens.requests()
+}
+
+// TokenURLsRefused counts the token requests refused because their URL was
+// over 8 KiB (WithTokenAuth).
+func (r *Registry) TokenURLsRefused() int {
+	if r.tokens == nil {
+		return 0
+	}
+	return r.tokens.tooLong()
 }
 
 // selfSigned makes a certificate for 127.0.0.1, ::1 and localhost, its own

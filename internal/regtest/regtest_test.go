@@ -13,6 +13,7 @@ import (
 	"strings"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/google/go-containerregistry/pkg/authn"
 	"github.com/google/go-containerregistry/pkg/name"
@@ -486,4 +487,50 @@ func ref(t *testing.T, s string) name.Reference {
 		t.Fatal(err)
 	}
 	return r
+}
+
+func TestTokenLifetimeAndURLLimit(t *testing.T) {
+	r := Start(t, WithTokenAuth(), WithTokenLifetime(time.Second))
+	tokenFor := func(scopes ...string) (int, string, float64) {
+		q := url.Values{"service": {"regtest"}, "scope": scopes}
+		resp, err := http.Get(r.URL() + "/token?" + q.Encode())
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		var body struct {
+			Token     string
+			ExpiresIn float64 `json:"expires_in"`
+		}
+		json.NewDecoder(resp.Body).Decode(&body)
+		return resp.StatusCode, body.Token, body.ExpiresIn
+	}
+	code, tok, life := tokenFor("repository:app:pull")
+	if code != http.StatusOK || life != 1 {
+		t.Fatalf("token: %d, expires_in %v, want 200 and 1", code, life)
+	}
+	get := func() *http.Response {
+		req := mustRequest(t, http.MethodGet, r.URL()+"/v2/", nil)
+		req.Header.Set("Authorization", "Bearer "+tok)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		return resp
+	}
+	if resp := get(); resp.StatusCode != http.StatusOK {
+		t.Fatalf("fresh token: %s", resp.Status)
+	}
+	time.Sleep(1100 * time.Millisecond)
+	if resp := get(); resp.StatusCode != http.StatusUnauthorized || !strings.Contains(resp.Header.Get("WWW-Authenticate"), `error="invalid_token"`) {
+		t.Errorf("expired token: %s %q, want 401 invalid_token", resp.Status, resp.Header.Get("WWW-Authenticate"))
+	}
+	var many []string
+	for i := range 300 {
+		many = append(many, fmt.Sprintf("repository:team/application-%04d:push,pull", i))
+	}
+	if code, _, _ := tokenFor(many...); code != http.StatusRequestURITooLong || r.TokenURLsRefused() != 1 {
+		t.Errorf("a token URL for 300 repositories: %d (%d refused), want 414", code, r.TokenURLsRefused())
+	}
 }

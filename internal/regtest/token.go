@@ -19,18 +19,34 @@ import (
 // opaque tokens remembered here instead of signed JWTs.
 type tokenServer struct {
 	user, pass string
-	realm      string // set once the server's URL is known
+	realm      string        // set once the server's URL is known
+	lifetime   time.Duration // of the tokens issued
 
 	mu      sync.Mutex
-	granted map[string]map[string][]string // token -> "type:name" -> actions
+	granted map[string]grant // token -> what it grants, until when
 	refresh map[string]bool
 	asked   []string
+	refused int // token requests refused for their length
 }
+
+// grant is what a token allows.
+type grant struct {
+	scopes  map[string][]string // "type:name" -> actions
+	expires time.Time
+}
+
+// maxTokenURL is the longest token request line accepted, as nginx's
+// default large_client_header_buffers (8 KiB) allows in front of a token
+// server; longer requests get 414.
+const maxTokenURL = 8 << 10
 
 const tokenService = "regtest"
 
-func newTokenServer(user, pass string) *tokenServer {
-	return &tokenServer{user: user, pass: pass, granted: map[string]map[string][]string{}, refresh: map[string]bool{}}
+func newTokenServer(user, pass string, lifetime time.Duration) *tokenServer {
+	if lifetime <= 0 {
+		lifetime = 300 * time.Second
+	}
+	return &tokenServer{user: user, pass: pass, lifetime: lifetime, granted: map[string]grant{}, refresh: map[string]bool{}}
 }
 
 // scope is one resource scope: "repository:app:pull,push".
@@ -100,14 +116,14 @@ func (ts *tokenServer) wrap(next http.Handler) http.Handler {
 			return
 		}
 		ts.mu.Lock()
-		grants, known := ts.granted[tok]
+		g, known := ts.granted[tok]
 		ts.mu.Unlock()
-		if !known {
+		if !known || time.Now().After(g.expires) {
 			ts.challenge(w, need, "invalid_token")
 			return
 		}
 		for _, s := range need {
-			have := grants[s.typ+":"+s.name]
+			have := g.scopes[s.typ+":"+s.name]
 			for _, a := range s.actions {
 				if !slices.Contains(have, a) && !slices.Contains(have, "*") {
 					ts.challenge(w, need, "insufficient_scope")
@@ -139,6 +155,13 @@ func (ts *tokenServer) challenge(w http.ResponseWriter, need []scope, errCode st
 }
 
 func (ts *tokenServer) serveToken(w http.ResponseWriter, r *http.Request) {
+	if len(r.URL.RequestURI()) > maxTokenURL {
+		ts.mu.Lock()
+		ts.refused++
+		ts.mu.Unlock()
+		http.Error(w, "414 Request-URI Too Large", http.StatusRequestURITooLong)
+		return
+	}
 	var user, pass string
 	var scopes []string
 	var offline bool
@@ -194,9 +217,9 @@ func (ts *tokenServer) serveToken(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 	tok := randomHex(16)
-	resp := map[string]any{"token": tok, "access_token": tok, "expires_in": 300, "issued_at": time.Now().UTC().Format(time.RFC3339)}
+	resp := map[string]any{"token": tok, "access_token": tok, "expires_in": int(ts.lifetime / time.Second), "issued_at": time.Now().UTC().Format(time.RFC3339)}
 	ts.mu.Lock()
-	ts.granted[tok] = grants
+	ts.granted[tok] = grant{scopes: grants, expires: time.Now().Add(ts.lifetime)}
 	ts.asked = append(ts.asked, strings.Join(scopes, " "))
 	if offline {
 		rt := randomHex(16)
@@ -206,6 +229,12 @@ func (ts *tokenServer) serveToken(w http.ResponseWriter, r *http.Request) {
 	ts.mu.Unlock()
 	w.Header().Set("Content-Type", "application/json")
 	_ = json.NewEncoder(w).Encode(resp)
+}
+
+func (ts *tokenServer) tooLong() int {
+	ts.mu.Lock()
+	defer ts.mu.Unlock()
+	return ts.refused
 }
 
 func (ts *tokenServer) requests() []string {
