@@ -6,14 +6,16 @@ import (
 	"testing"
 )
 
-// TestConcurrentIdenticalRebases: the same image rebased to several tags
-// at once, as a batch does for tags that name one image (app:1.2 and
-// app:latest). Every run writes the same config and manifest; each must
-// succeed. Debian's docker-registry (Distribution 2.8) answers a manifest
-// PUT with 400 DIGEST_INVALID + MANIFEST_BLOB_UNKNOWN (the config) now and
-// then while another request commits the same config blob: a few runs in
-// 64 hit it.
-func TestConcurrentIdenticalRebases(t *testing.T) {
+// TestConcurrentRebasesInOneRepository: one image rebased to several tags
+// of its repository at once, as a batch does for the tags of a repository
+// (app:1.2 and app:latest naming one image, or app:1 and app:2 on one
+// base). The runs mount the same base layers into the same repository and
+// write the same config at the same time; each must succeed. Debian's
+// docker-registry (Distribution 2.8, filesystem storage) answers some
+// manifest PUTs made meanwhile with 400 DIGEST_INVALID + MANIFEST_BLOB_UNKNOWN
+// naming a blob another request is linking or committing: a few runs in 64
+// hit it.
+func TestConcurrentRebasesInOneRepository(t *testing.T) {
 	need(t, "buildah", "skopeo", "docker-registry")
 	r := startRegistry(t)
 	buildBases(t, r, "oci")
