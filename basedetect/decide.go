@@ -125,6 +125,15 @@ func (c *Choice) Decide(in Input) (*Decision, error) {
 		if len(in.Old.Manifest.Layers) == layers && rebase.OnBase(img, in.Old) {
 			return d.fromOldImage(img, in.Old, in.OldFound)
 		}
+		if c.Method == ByLabel && in.OldFound != "" && len(in.Old.Manifest.Layers) < layers && rebase.OnBase(img, in.Old) {
+			// A base tag holds fewer of the image's layers than the label's
+			// entry leaves below it: the label came later in the
+			// Dockerfile, and what stands between is the application's.
+			d.Warnings = append(d.Warnings, Warning{Code: "label-not-first", Message: fmt.Sprintf(
+				"label %s=%s was set by history entry %d, after instructions of the application's: the image's bottom %d layers are %s, so the base ends there, not after %d layers; put LABEL %s first after FROM",
+				c.Label.Name, c.Label.Value, c.Label.Entry+1, len(in.Old.Manifest.Layers), in.Old.Ref, layers, c.Label.Name)})
+			return d.fromOldImage(img, in.Old, in.OldFound)
+		}
 		d.Warnings = append(d.Warnings, Warning{Code: "base-sources-disagree", Message: fmt.Sprintf(
 			"the %s annotation's old base %s has %d layers, but %s puts the boundary after %d; %s decides",
 			manifest.BaseDigestAnnotation, in.Old.Descriptor.Digest, len(in.Old.Manifest.Layers), c.Method, layers, c.Method)})
@@ -138,6 +147,13 @@ func (c *Choice) Decide(in Input) (*Decision, error) {
 	}
 	if in.OldFound != "" {
 		d.Reasons = append(d.Reasons, in.OldFound)
+	}
+	if c.Method == ByLabel && c.Label.Entry >= 0 && in.New != nil && len(in.New.Manifest.Layers) != layers {
+		// Nothing confirms the label's boundary: if the label is not the
+		// first instruction after FROM, application layers sit below it.
+		d.Warnings = append(d.Warnings, Warning{Code: "label-boundary-unverified", Message: fmt.Sprintf(
+			"the label's history entry puts %d layers in the old base, %s has %d, and no base image confirms the boundary: if LABEL %s is not the first instruction after FROM, application layers would be replaced; check with --dry-run, or pass --layers N",
+			layers, in.New.Ref, len(in.New.Manifest.Layers), c.Label.Name)})
 	}
 	old, note, unknown := derive(img, name+" as built", entries, layers)
 	d.Old = old

@@ -400,3 +400,43 @@ func TestBaseAnnotationsOfAnIndexBase(t *testing.T) {
 	}
 	checkLayers(t, reg, "app:1", b3, a, 1)
 }
+
+// LABEL FROM set after instructions of the application's: its history entry
+// is not the boundary. A base tag that holds the image's bottom layers
+// shows where the base ends; without one, the boundary is warned.
+func TestLabelNotFirst(t *testing.T) {
+	const p1, p2 = "/usr/local/bin:/bin", "/opt/new/bin:/usr/local/bin:/bin"
+	b1, b2 := bkBase(t, "1", p1, "/srv"), bkBase(t, "2", p2, "/srv2")
+	a := build(t, b1, bkStep(ti.Env("PATH=/app/bin:"+p1)), bkStep(ti.Copy("COPY app /app/bin/app # buildkit", map[string]string{"app/bin/app": "app"})),
+		bkStep(ti.Label("FROM", "base:stable")), bkStep(ti.Cmd("/app/bin/app")))
+
+	t.Run("a tag holds the old base", func(t *testing.T) {
+		reg := startRegistry(t)
+		h := "http://" + reg.Host
+		reg.Push(t, "base:1", b1)
+		reg.Push(t, "app:1", a)
+		reg.Push(t, "base:stable", b2)
+		res := runJSON(t, h, "app:1")
+		if res.Action != "rebased" || len(res.Warnings) != 1 || res.Warnings[0].Code != "label-not-first" {
+			t.Fatalf("result %+v", res)
+		}
+		checkLayers(t, reg, "app:1", b2, a, 1)
+		if p := envOf(configOf(t, reg.Image(t, "app:1")), "PATH"); p != "/app/bin:"+p2 {
+			t.Errorf("PATH %q", p)
+		}
+	})
+	t.Run("none does", func(t *testing.T) {
+		reg := startRegistry(t)
+		h := "http://" + reg.Host
+		reg.Push(t, "app:1", a)
+		reg.Push(t, "base:stable", b2)
+		before := reg.Snapshot(t)
+		code, out, _ := run(t, h, "app:1", "--strict", "-o", "json")
+		if code != 4 || !strings.Contains(out, "label-boundary-unverified") {
+			t.Fatalf("exit %d\n%s", code, out)
+		}
+		if now := reg.Snapshot(t); fmt.Sprint(now) != fmt.Sprint(before) {
+			t.Fatal("written")
+		}
+	})
+}

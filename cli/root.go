@@ -134,7 +134,7 @@ from a local target are copied there.`,
 	fl.BoolVar(&f.checkSignatures, "check-signatures", false, "warn when the rebase invalidates signatures of a single-platform IMAGE (cosign tags, OCI referrers); always done for an index and with -v")
 	addConnectionFlags(cmd, &f.insecure, &f.verbose, &f.timeout)
 	cmd.AddCommand(newDemoCommand(stdout, stderr), newBatchCommand(stdout, stderr), newScanCommand(stdout, stderr))
-	cmd.AddCommand(newGitOpsCommand(stdout, stderr))
+	cmd.AddCommand(newGitOpsCommand(stdout, stderr), newWatchCommand(stdout, stderr))
 	return cmd
 }
 

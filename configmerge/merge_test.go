@@ -211,6 +211,21 @@ func TestMerge(t *testing.T) {
 			},
 		},
 		{
+			name: "expanded WORKDIR holding an old base value (WORKDIR $JAVA_HOME/app): kept, reported",
+			old:  baseV1, nw: baseV2,
+			app: appOn(baseV1, func(c *v1.Config) {
+				c.WorkingDir = "/opt/java/17/app"
+			}),
+			hist:  []v1.History{bk(`WORKDIR /opt/java/17/app`)},
+			style: StyleExpanded,
+			want: func(t *testing.T, r *Result) {
+				if r.Config.WorkingDir != "/opt/java/17/app" {
+					t.Errorf("WorkingDir %q", r.Config.WorkingDir)
+				}
+			},
+			warn: []string{CodeOldValueEmbedded},
+		},
+		{
 			name: "as-written history: instructions replayed on the new base",
 			old:  baseV1, nw: baseV2,
 			app: appOn(baseV1, func(c *v1.Config) {

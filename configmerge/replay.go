@@ -553,7 +553,7 @@ func replay(instrs []instruction, old, nw *v1.ConfigFile, baseLabel string) *rep
 		r.o.apply(in)
 		r.n.apply(in)
 		if in.expanded && in.cmd == "WORKDIR" {
-			r.reconcileWorkdir(i, in, ow, nwd)
+			r.reconcileWorkdir(i, in, ow, nwd, oEnv, nEnv)
 		}
 		if in.cmd == "ARG" {
 			// A later RUN may record the values of arguments the ARG entry
@@ -650,9 +650,14 @@ func clip(s string) string {
 // expanding builder recorded resolved against the old base's working
 // directory ow: taken as relative, it moves under the new base's nw (the
 // hazard is reported by hazards).
-func (r *replayed) reconcileWorkdir(entry int, in instruction, ow, nw string) {
+func (r *replayed) reconcileWorkdir(entry int, in instruction, ow, nw string, oEnv, nEnv map[string]string) {
 	p := strings.TrimSpace(in.args)
 	if ow == "" || ow == "/" || ow == nw || !strings.HasPrefix(p, ow+"/") || r.n.isUnknown("WorkingDir") {
+		// WORKDIR $JAVA_HOME/app is recorded /opt/rt/1/app: an old base
+		// value inside, which the new base changes, is kept and reported.
+		if j, jv, ok := embedsChanged(p, "", oEnv, nEnv); ok {
+			r.warn("WorkingDir", CodeOldValueEmbedded, "WORKDIR %s contains %q, the old base's value of %s (new base: %q); the history records it expanded, so it is kept", p, jv, j, nEnv[j])
+		}
 		return
 	}
 	if nw == "" {

@@ -45,8 +45,9 @@ type Shared struct {
 
 	mu      sync.Mutex
 	docs    map[string]*sharedRead[*doc]
-	present map[string]*blobEntry // "target repo@digest"
-	tags    map[string]*tagsEntry // repository name
+	present map[string]*blobEntry  // "target repo@digest"
+	tags    map[string]*tagsEntry  // repository name
+	writing map[string]*sync.Mutex // "target repo@manifest digest"
 }
 
 type tagsEntry struct {
@@ -62,7 +63,7 @@ type blobEntry struct {
 
 // NewShared returns an empty Shared that re-reads every tag (RecheckAfter 0).
 func NewShared() *Shared {
-	return &Shared{docs: map[string]*sharedRead[*doc]{}, present: map[string]*blobEntry{}, tags: map[string]*tagsEntry{}, images: imageCache{shared: true}}
+	return &Shared{docs: map[string]*sharedRead[*doc]{}, present: map[string]*blobEntry{}, tags: map[string]*tagsEntry{}, writing: map[string]*sync.Mutex{}, images: imageCache{shared: true}}
 }
 
 // Rebase is engine.Rebase for one image of a batch: the same request rounds,
@@ -247,6 +248,27 @@ func (r *run) base(ctx context.Context, loc Location) (*doc, error) {
 	}
 	d, err := r.shared.doc(ctx, loc)
 	return d, r.baseErr(loc.String(), err)
+}
+
+// putManifest writes a manifest. Within a batch, two images whose results
+// are the same manifest (two tags of one image) write it one after the
+// other: Distribution's filesystem storage can fail one of two concurrent
+// writes of one manifest with DIGEST_INVALID.
+func (r *run) putManifest(ctx context.Context, target WritableRepo, tag string, d v1.Descriptor, raw []byte) error {
+	if r.batch() {
+		s := r.shared
+		key := target.Name() + "@" + d.Digest.String()
+		s.mu.Lock()
+		m, ok := s.writing[key]
+		if !ok {
+			m = &sync.Mutex{}
+			s.writing[key] = m
+		}
+		s.mu.Unlock()
+		m.Lock()
+		defer m.Unlock()
+	}
+	return target.PutManifest(ctx, tag, d, raw)
 }
 
 // listTags lists a repository's tags: once for the batch within a run.

@@ -329,3 +329,68 @@ func TestBatchSharedBaseReadIsRetried(t *testing.T) {
 		})
 	}
 }
+
+// overlapRepo is a registry repository that records how many writes of one
+// manifest digest were in flight at once.
+type overlapRepo struct {
+	engine.WritableRepo
+	mu       sync.Mutex
+	inFlight map[v1.Hash]int
+	max      int
+}
+
+func (o *overlapRepo) PutManifest(ctx context.Context, tag string, d v1.Descriptor, raw []byte) error {
+	o.mu.Lock()
+	o.inFlight[d.Digest]++
+	o.max = max(o.max, o.inFlight[d.Digest])
+	o.mu.Unlock()
+	time.Sleep(20 * time.Millisecond) // a registry's write takes time
+	err := o.WritableRepo.PutManifest(ctx, tag, d, raw)
+	o.mu.Lock()
+	o.inFlight[d.Digest]--
+	o.mu.Unlock()
+	return err
+}
+
+// Tags of one image give one result: a batch writes that manifest one tag
+// after the other (Debian's docker-registry failed one of two concurrent
+// writes of one manifest with DIGEST_INVALID).
+func TestBatchWritesOneManifestOnceAtATime(t *testing.T) {
+	reg := regtest.Start(t)
+	b1, _ := batchFixture(t, reg, nil)
+	app, err := testimage.Build(b1, testimage.Linux, testimage.Copy("COPY app", map[string]string{"app": "same"}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := registry.New(registry.Options{Insecure: []string{reg.Host}})
+	repo := &overlapRepo{inFlight: map[v1.Hash]int{}}
+	var reqs []engine.Request
+	for i := range 6 {
+		tag := fmt.Sprint("t", i)
+		reg.Push(t, "app:"+tag, app)
+		img, err := c.Parse("app:"+tag, reg.Host, true)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if repo.WritableRepo == nil {
+			repo.WritableRepo = img.Repo.(engine.WritableRepo)
+		}
+		img.Repo = repo
+		from, _ := c.Parse("base:1", reg.Host, false)
+		to, _ := c.Parse("base:2", reg.Host, false)
+		reqs = append(reqs, engine.Request{Image: img, Target: img, From: from, To: to})
+	}
+	s := engine.NewShared()
+	var wg sync.WaitGroup
+	for _, req := range reqs {
+		wg.Go(func() {
+			if res, err := s.Rebase(context.Background(), req); err != nil || res.Action != engine.Rebased {
+				t.Errorf("%s: %v %+v", req.Image, err, res)
+			}
+		})
+	}
+	wg.Wait()
+	if repo.max != 1 {
+		t.Errorf("%d writes of one manifest in flight at once, want 1", repo.max)
+	}
+}

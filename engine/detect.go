@@ -192,10 +192,13 @@ func searchOldBase(ctx context.Context, choice *basedetect.Choice, img *manifest
 	if err != nil {
 		return nil, "", nil
 	}
-	m, err := oldBaseByTags(ctx, loc.Repo, loc.Tag, img, p, choice.OldLayers(img), r)
+	layers := choice.OldLayers(img)
+	m, err := oldBaseByTags(ctx, loc.Repo, loc.Tag, img, p, layers, r)
 	if err != nil {
 		return nil, "", err
 	}
+	// A match shorter than the label's boundary means the label is not the
+	// first instruction after FROM: Decide says so.
 	more := ""
 	if m.truncated {
 		more = fmt.Sprintf(" (the last %d of its tags, in sorted order)", m.searched)

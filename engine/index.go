@@ -400,7 +400,7 @@ func writeIndex(ctx context.Context, req Request, target WritableRepo, img *doc,
 	guard := newGuard(req, target, r, res.Before, desc.Digest)
 	for _, p := range changed {
 		wg.Go(func() {
-			if err := target.PutManifest(ctx, "", p.ManifestDescriptor, p.Manifest); err != nil {
+			if err := r.putManifest(ctx, target, "", p.ManifestDescriptor, p.Manifest); err != nil {
 				fail(err)
 			}
 		})
@@ -413,7 +413,7 @@ func writeIndex(ctx context.Context, req Request, target WritableRepo, img *doc,
 		return unchanged(req, errors.Join(errs...))
 	}
 	upToDate, backupTag, warnings, err := guard.commit(ctx, img.desc, img.raw, func() error {
-		return target.PutManifest(ctx, req.Target.Tag, desc, raw)
+		return r.putManifest(ctx, target, req.Target.Tag, desc, raw)
 	})
 	if err != nil {
 		return err

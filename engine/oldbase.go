@@ -46,8 +46,8 @@ type tagMatch struct {
 // oldBaseByTags looks through the tags of repo for the image (for an index,
 // its image for platform p) whose layers are img's bottom layers, compared
 // by diff_id so that a re-compressed copy matches too. layers is the old
-// base's layer count when the image's history tells it, or 0 to take the
-// longest match. The tag skip (the one that names the new base, already
+// base's layer count when the image's history tells it (candidates with
+// more are not read further), or 0; the longest match is returned. The tag skip (the one that names the new base, already
 // read) is not read again. The image must have its config.
 func oldBaseByTags(ctx context.Context, repo Repo, skip string, img *manifest.Image, p v1.Platform, layers int, r *run) (*tagMatch, error) {
 	lister, ok := repo.(TagLister)
@@ -88,7 +88,7 @@ func oldBaseByTags(ctx context.Context, repo Repo, skip string, img *manifest.Im
 				return // a tag that cannot be read, or has no such platform, is not the base
 			}
 			n := len(f.Manifest.Layers)
-			if n == 0 || n > len(img.Manifest.Layers) || (layers > 0 && n != layers) {
+			if n == 0 || n > len(img.Manifest.Layers) || (layers > 0 && n > layers) {
 				return
 			}
 			match := slices.EqualFunc(f.Manifest.Layers, img.Manifest.Layers[:n], func(a, b v1.Descriptor) bool { return a.Digest == b.Digest })
@@ -120,6 +120,8 @@ func oldBaseByTags(ctx context.Context, repo Repo, skip string, img *manifest.Im
 	}
 	wg.Wait()
 
+	// The longest match: with layers given, one of exactly that many if
+	// any, else a shorter one (the caller decides what that means).
 	var best *found
 	for _, f := range cands {
 		if f.match && (best == nil || f.layers > best.layers || (f.layers == best.layers && f.img.Descriptor.Digest.String() < best.img.Descriptor.Digest.String())) {

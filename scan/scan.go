@@ -1,7 +1,9 @@
-// Package scan decides which base an image is built on and whether it is
-// stale, from documents already read: the image's layers against candidate
-// bases, its OCI base annotations, or the label that names its base. It
-// reads no registry; the command line walks the registry and asks it.
+// Package scan finds the images built on a base and tells which are stale.
+// The decisions (Identify, Judge, NeedsConfig) are pure: from documents
+// already read, the image's layers against candidate bases, its OCI base
+// annotations, or the label that names its base. A Scanner walks a registry
+// for them (the catalog, tag lists, manifests, configs when needed, the
+// bases' tags): scan, batch --scan and watch share it.
 //
 // An image starts with a base when the base's diff_ids are its bottom
 // diff_ids (the content, whatever the compression). The manifests alone
@@ -213,12 +215,17 @@ type Finding struct {
 	// content).
 	Stale  bool   `json:"stale"`
 	Reason string `json:"reason,omitempty"`
+	// Layers and DiffIDs are what was read of the image (an index's: its
+	// first platform image's; DiffIDs only when its config was read), to
+	// judge it again when its base moves (StartsWith).
+	Layers  []v1.Descriptor `json:"-"`
+	DiffIDs []v1.Hash       `json:"-"`
 }
 
 // Judge says whether img, which comes from o (in repository repo), is on
 // current, the version of its base to be on.
 func Judge(img Image, o Origin, repo string, current *Candidate) Finding {
-	f := Finding{Image: img.Ref, Digest: img.Digest, Method: o.Method, Base: o.Name}
+	f := Finding{Image: img.Ref, Digest: img.Digest, Method: o.Method, Base: o.Name, Layers: img.Layers, DiffIDs: img.DiffIDs}
 	if o.Method == "" {
 		f.Reason = "no candidate base's layers start the image, and it names no base (annotations, label)"
 		return f
@@ -236,4 +243,11 @@ func Judge(img Image, o Origin, repo string, current *Candidate) Finding {
 	// tells.
 	f.Stale = starts(img, *current, o.learned(current)) != yes
 	return f
+}
+
+// StartsWith reports whether the image of f starts with c by content, as
+// far as what was read of both tells; an image whose config would be needed
+// to tell is taken as not starting with c (a rebase then tells).
+func (f Finding) StartsWith(c Candidate) bool {
+	return starts(Image{Layers: f.Layers, DiffIDs: f.DiffIDs}, c, learn(c)) == yes
 }

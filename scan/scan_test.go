@@ -150,3 +150,33 @@ func TestMatchByContent(t *testing.T) {
 		})
 	}
 }
+
+// TestFindingStartsWith: a finding judged again against a new version of
+// its base (the watcher, after the base moved), by content.
+func TestFindingStartsWith(t *testing.T) {
+	b2, b3 := cand("r/base:2", "os2"), cand("r/base:3", "os3")
+	for _, tc := range []struct {
+		name   string
+		layers []string
+		config bool
+		c      Candidate
+		starts bool
+	}{
+		{"the same blobs", []string{"os2", "app"}, false, b2, true},
+		{"another version", []string{"os2", "app"}, false, b3, false},
+		{"recompressed, the config read", []string{"os2z", "app"}, true, b2, true},
+		{"recompressed, the config not read: taken as not on it", []string{"os2z", "app"}, false, b2, false},
+		{"shorter than the base", []string{}, true, b2, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			img := Image{Ref: "r/app:1", Layers: layers(tc.layers...)}
+			if tc.config {
+				img.DiffIDs = diffIDs(tc.layers...)
+			}
+			f := Judge(img, Origin{Method: ByLabel, Name: "base:2"}, "r/base", &b2)
+			if got := f.StartsWith(tc.c); got != tc.starts {
+				t.Errorf("StartsWith(%s) = %v, want %v", tc.c.Ref, got, tc.starts)
+			}
+		})
+	}
+}

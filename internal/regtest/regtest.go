@@ -91,6 +91,7 @@ type options struct {
 	token      bool
 	lifetime   time.Duration
 	urls       []string
+	notify     []configuration.Endpoint
 }
 
 // Option configures Start.
@@ -146,6 +147,19 @@ func WithAllowedURLs(patterns ...string) Option {
 	return func(o *options) { o.urls = append(o.urls, patterns...) }
 }
 
+// WithNotifications makes the registry send its events (pushes, pulls,
+// mounts, deletes) to url as Distribution does: POSTed envelopes of
+// "application/vnd.docker.distribution.events.v2+json", with headers
+// added to each request, retried every 100 ms while url fails.
+func WithNotifications(url string, headers http.Header) Option {
+	return func(o *options) {
+		o.notify = append(o.notify, configuration.Endpoint{
+			Name: fmt.Sprintf("endpoint-%d", len(o.notify)+1), URL: url, Headers: headers,
+			Timeout: 2 * time.Second, Threshold: 1, Backoff: 100 * time.Millisecond,
+		})
+	}
+}
+
 // Start runs a registry until the test ends.
 func Start(t testing.TB, opts ...Option) *Registry {
 	t.Helper()
@@ -189,6 +203,7 @@ func Start(t testing.TB, opts ...Option) *Registry {
 	if len(o.urls) > 0 {
 		cfg.Validation.Manifests.URLs.Allow = o.urls
 	}
+	cfg.Notifications.Endpoints = o.notify
 	app := handlers.NewApp(context.Background(), cfg)
 	var h http.Handler = app
 	if o.token {
