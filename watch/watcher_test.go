@@ -698,41 +698,55 @@ func TestNotifyAndDrain(t *testing.T) {
 }
 
 // TestRegistryDownAtStart: the registry answers nothing but 503 when the
-// watcher starts; the client keeps such a failed connection, so the
-// watcher makes a new one, and indexes once the registry is back.
+// watcher starts, and the watcher indexes once the registry is back. With
+// credentials configured the client pings the registry and keeps a failed
+// ping, so the watcher makes a new client; without, the client pings
+// nothing and keeps no failure: its next requests reach the registry.
 func TestRegistryDownAtStart(t *testing.T) {
-	var down atomic.Bool
-	fx := newFixture(t, true, regtest.WithHandler(func(h http.Handler) http.Handler {
-		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-			if down.Load() && strings.Contains(r.UserAgent(), "image-rebase") {
-				http.Error(w, "down", http.StatusServiceUnavailable)
-				return
+	for _, credentials := range []bool{true, false} {
+		t.Run(fmt.Sprintf("credentials=%v", credentials), func(t *testing.T) {
+			var down atomic.Bool
+			opts := []regtest.Option{regtest.WithHandler(func(h http.Handler) http.Handler {
+				return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+					if down.Load() && strings.Contains(r.UserAgent(), "image-rebase") {
+						http.Error(w, "down", http.StatusServiceUnavailable)
+						return
+					}
+					h.ServeHTTP(w, r)
+				})
+			})}
+			if credentials {
+				opts = append(opts, regtest.WithBasicAuth("watcher", "s3cret"))
 			}
-			h.ServeHTTP(w, r)
+			fx := newFixture(t, true, opts...)
+			reg := fx.reg
+			reg.Push(t, "base:stable", fx.b[1])
+			reg.Push(t, "app:1", app(t, fx.b[1], "app"))
+			down.Store(true)
+			fx.run(watch.Config{})
+			seen := `"msg":"index failed"`
+			if credentials {
+				seen = `"msg":"new registry connection"`
+			}
+			for deadline := time.Now().Add(10 * time.Second); !strings.Contains(fx.logs.String(), seen); {
+				if time.Now().After(deadline) {
+					t.Fatalf("no %s after the registry failed", seen)
+				}
+				time.Sleep(10 * time.Millisecond)
+			}
+			if code, body := fx.get("/healthz"); code != http.StatusOK || !strings.Contains(body, `"indexed":false`) {
+				t.Errorf("/healthz while the registry is down: %d %s", code, body)
+			}
+			down.Store(false)
+			fx.waitIndexed()
+			reg.Push(t, "base:stable", fx.b[2])
+			if s := fx.round(20 * time.Second); count(s, watch.OutcomeRebased) != 1 || !fx.on("app:1", fx.b[2]) {
+				t.Fatalf("round %+v", s)
+			}
+			if got := fx.metric(`image_rebase_watch_index_builds_total{registry="` + reg.Host + `",result="error"}`); got == "" || got == "0" {
+				t.Errorf("index_builds_total error = %q", got)
+			}
 		})
-	}))
-	reg := fx.reg
-	reg.Push(t, "base:stable", fx.b[1])
-	reg.Push(t, "app:1", app(t, fx.b[1], "app"))
-	down.Store(true)
-	fx.run(watch.Config{})
-	for deadline := time.Now().Add(10 * time.Second); !strings.Contains(fx.logs.String(), `"msg":"new registry connection"`); {
-		if time.Now().After(deadline) {
-			t.Fatal("no new connection after the registry failed")
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-	if code, body := fx.get("/healthz"); code != http.StatusOK || !strings.Contains(body, `"indexed":false`) {
-		t.Errorf("/healthz while the registry is down: %d %s", code, body)
-	}
-	down.Store(false)
-	fx.waitIndexed()
-	reg.Push(t, "base:stable", fx.b[2])
-	if s := fx.round(20 * time.Second); count(s, watch.OutcomeRebased) != 1 || !fx.on("app:1", fx.b[2]) {
-		t.Fatalf("round %+v", s)
-	}
-	if got := fx.metric(`image_rebase_watch_index_builds_total{registry="` + reg.Host + `",result="error"}`); got == "" || got == "0" {
-		t.Errorf("index_builds_total error = %q", got)
 	}
 }
 
