@@ -325,8 +325,9 @@ func describe(err error) string {
 	return strings.ReplaceAll(redactURLs(err.Error()), "\n", " ")
 }
 
-// speaksTLS explains a failed plain-HTTP ping of reg: a registry that
-// answers 400 to plain HTTP and completes a TLS handshake speaks HTTPS (Go
+// speaksTLS explains a 400 answer to the first plain-HTTP request to reg
+// (see schemeTransport): a registry that answers 400 to plain HTTP and
+// completes a TLS handshake speaks HTTPS (Go
 // servers answer "Client sent an HTTP request to an HTTPS server", nginx
 // "The plain HTTP request was sent to HTTPS port", both with 400).
 func speaksTLS(ctx context.Context, reg string, err error) error {
