@@ -2,7 +2,6 @@ package cli
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -23,6 +22,7 @@ import (
 	"github.com/image-rebase/image-rebase/manifest"
 	"github.com/image-rebase/image-rebase/platform"
 	"github.com/image-rebase/image-rebase/registry"
+	"github.com/image-rebase/image-rebase/version"
 )
 
 // Main runs the command line with args (without the program name) and
@@ -134,7 +134,10 @@ from a local target are copied there.`,
 	fl.BoolVar(&f.checkSignatures, "check-signatures", false, "warn when the rebase invalidates signatures of a single-platform IMAGE (cosign tags, OCI referrers); always done for an index and with -v")
 	addConnectionFlags(cmd, &f.insecure, &f.verbose, &f.timeout)
 	cmd.AddCommand(newDemoCommand(stdout, stderr), newBatchCommand(stdout, stderr), newScanCommand(stdout, stderr))
-	cmd.AddCommand(newGitOpsCommand(stdout, stderr), newWatchCommand(stdout, stderr))
+	cmd.AddCommand(newGitOpsCommand(stdout, stderr), newWatchCommand(stdout, stderr), newVersionCommand(stdout))
+	// --version prints what the version command prints.
+	cmd.Version = version.String()
+	cmd.SetVersionTemplate(version.Get().String() + "\n")
 	return cmd
 }
 
@@ -393,9 +396,7 @@ func printResult(w io.Writer, f *rebaseFlags, res *engine.Result) error {
 				res.Platforms[i].Plan = nil
 			}
 		}
-		enc := json.NewEncoder(w)
-		enc.SetIndent("", "  ")
-		return enc.Encode(res)
+		return encodeJSON(w, res, true)
 	}
 	explain := f.dryRun || f.verbose
 	switch {
