@@ -11,7 +11,6 @@ import (
 	"strings"
 	"time"
 
-	"github.com/google/go-containerregistry/pkg/name"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
@@ -20,7 +19,6 @@ import (
 	"github.com/image-rebase/image-rebase/engine"
 	"github.com/image-rebase/image-rebase/locate"
 	"github.com/image-rebase/image-rebase/manifest"
-	"github.com/image-rebase/image-rebase/platform"
 	"github.com/image-rebase/image-rebase/registry"
 	"github.com/image-rebase/image-rebase/version"
 )
@@ -299,75 +297,24 @@ func runRebase(ctx context.Context, f *rebaseFlags, cmdFlags func(string) bool, 
 // buildRequest parses every reference before any request is made, so that a
 // malformed one fails without touching a registry.
 func buildRequest(refs *locate.Resolver, image string, f *rebaseFlags) (engine.Request, error) {
-	var req engine.Request
-	var err error
-	parse := func(what, ref string, write bool) (engine.Location, error) {
-		loc, err := refs.Parse(ref, write)
-		if err != nil {
-			return loc, usagef(fmt.Sprintf("%s: %v", what, err))
-		}
-		return loc, nil
+	req, err := refs.Request(locate.Spec{
+		Image: image, From: f.fromBase, To: f.toBase, Target: f.tag, Label: f.label, Layers: f.layers,
+		BackupTag: f.backupTag, Platforms: f.platforms,
+		DryRun: f.dryRun || f.check, Strict: f.strict, Force: f.force, AllowCopy: f.allowCopy,
+		KeepOtherPlatforms: f.keepOtherPlatforms, KeepAttestations: f.keepAttestations, KeepLabel: f.keepLabel,
+		CheckSignatures: f.checkSignatures || f.verbose,
+	})
+	var se *locate.SpecError
+	if errors.As(err, &se) {
+		return req, usagef(fmt.Sprintf("%s: %v", specFlags[se.Field], se.Err))
 	}
-	if req.Image, err = parse("IMAGE", image, !f.dryRun && !f.check && f.tag == ""); err != nil {
-		return req, err
-	}
-	if f.fromBase != "" {
-		if req.From, err = parse("--from-base", f.fromBase, false); err != nil {
-			return req, err
-		}
-	}
-	if f.toBase != "" {
-		if req.To, err = parse("--to-base", f.toBase, false); err != nil {
-			return req, err
-		}
-	}
-	req.Detect = engine.Detect{Label: f.label, Layers: f.layers, Resolve: func(ref string, relative bool) (engine.Location, error) {
-		reg := ""
-		if relative {
-			// A label names the base relative to REGISTRY, or else to the
-			// image's own registry.
-			reg = refs.DefaultRegistry
-			if r, ok := req.Image.Repo.(interface{ Registry() string }); ok && reg == "" {
-				reg = r.Registry()
-			}
-		}
-		return refs.Registry.Parse(ref, reg, false)
-	}}
-	req.Target = req.Image
-	if f.tag != "" {
-		if isBareTag(f.tag) {
-			req.Target, err = parse("--tag", locate.WithTag(req.Image, f.tag), !(f.dryRun || f.check))
-		} else {
-			req.Target, err = parse("--tag", f.tag, !(f.dryRun || f.check))
-		}
-		if err != nil {
-			return req, err
-		}
-		if req.Target.Tag == "" {
-			return req, usagef("--tag must name a tag, not a digest")
-		}
-	}
-	req.DryRun, req.Force, req.AllowCopy, req.Strict = f.dryRun || f.check, f.force, f.allowCopy, f.strict
-	req.KeepOtherPlatforms, req.KeepAttestations = f.keepOtherPlatforms, f.keepAttestations
-	req.ToName, req.KeepLabel = f.toBase, f.keepLabel
-	req.CheckSignatures = f.checkSignatures || f.verbose
-	if f.backupTag != "" {
-		if req.Image.Tag == "" {
-			return req, usagef("--backup-tag needs IMAGE named by tag")
-		}
-		req.BackupTag = strings.ReplaceAll(f.backupTag, "{tag}", req.Image.Tag)
-		if _, err := name.NewTag("example.com/x:"+req.BackupTag, name.StrictValidation); err != nil || !isBareTag(req.BackupTag) {
-			return req, usagef(fmt.Sprintf("--backup-tag %q does not make a valid tag (%q)", f.backupTag, req.BackupTag))
-		}
-	}
-	for _, s := range f.platforms {
-		p, err := platform.Parse(s)
-		if err != nil {
-			return req, usagef("--platform: " + err.Error())
-		}
-		req.Platforms = append(req.Platforms, p)
-	}
-	return req, nil
+	return req, err
+}
+
+// specFlags name the fields of a locate.Spec as the command line does.
+var specFlags = map[string]string{
+	"Image": "IMAGE", "From": "--from-base", "To": "--to-base", "Target": "--tag", "Label": "-l/--label",
+	"Layers": "--layers", "BackupTag": "--backup-tag", "Platforms": "--platform",
 }
 
 // terminal returns w when it is a terminal (for progress lines), else nil.
@@ -381,11 +328,6 @@ func terminal(w io.Writer) io.Writer {
 		return nil
 	}
 	return w
-}
-
-// isBareTag tells a tag ("1.2-rebased") from a reference ("app:1", "host/app").
-func isBareTag(s string) bool {
-	return !strings.ContainsAny(s, "/:@")
 }
 
 func printResult(w io.Writer, f *rebaseFlags, res *engine.Result) error {
