@@ -8,7 +8,6 @@ import (
 	"os"
 	"os/signal"
 	"slices"
-	"strings"
 	"time"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
@@ -204,17 +203,9 @@ func checkFlagValues(cmd *cobra.Command) error {
 // classicRegistry splits the REGISTRY argument into host and whether it
 // asked for plain HTTP.
 func classicRegistry(arg string) (host string, plainHTTP bool, err error) {
-	switch {
-	case strings.HasPrefix(arg, "http://"):
-		host, plainHTTP = strings.TrimPrefix(arg, "http://"), true
-	case strings.HasPrefix(arg, "https://"):
-		host = strings.TrimPrefix(arg, "https://")
-	default:
-		host = arg
-	}
-	host = strings.TrimSuffix(host, "/")
-	if !registry.ValidHost(host) {
-		return "", false, usagef(fmt.Sprintf("invalid registry %q: want host[:port] or http(s)://host[:port]", arg))
+	host, plainHTTP, err = registry.ParseRegistry(arg)
+	if err != nil {
+		return "", false, usagef(err.Error())
 	}
 	return host, plainHTTP, nil
 }

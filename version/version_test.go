@@ -15,7 +15,9 @@ func TestFromBuildInfo(t *testing.T) {
 		{Key: "vcs.time", Value: "2026-11-30T10:30:37Z"},
 		{Key: "vcs.modified", Value: "true"},
 	}
-	main := func(v string) debug.Module { return debug.Module{Path: "github.com/image-rebase/image-rebase", Version: v} }
+	main := func(v string) debug.Module {
+		return debug.Module{Path: "github.com/image-rebase/image-rebase", Version: v}
+	}
 	for _, tc := range []struct {
 		name     string
 		bi       *debug.BuildInfo
