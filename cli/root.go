@@ -132,6 +132,20 @@ from a local target are copied there.`,
 	addConnectionFlags(cmd, &f.insecure, &f.verbose, &f.timeout)
 	cmd.AddCommand(newDemoCommand(stdout, stderr), newBatchCommand(stdout, stderr), newScanCommand(stdout, stderr))
 	cmd.AddCommand(newGitOpsCommand(stdout, stderr), newWatchCommand(stdout, stderr), newVersionCommand(stdout))
+	for _, c := range cmd.Commands() {
+		switch c.Name() {
+		case "gitops":
+			registerCompletions(c, nil) // directories and files
+		default:
+			registerCompletions(c, noFiles)
+		}
+	}
+	registerCompletions(cmd, func(c *cobra.Command, args []string, toComplete string) ([]cobra.Completion, cobra.ShellCompDirective) {
+		if len(args) >= 2 {
+			return noFiles(c, args, toComplete)
+		}
+		return completeReference(c, args, toComplete)
+	})
 	// --version prints what the version command prints.
 	cmd.Version = version.String()
 	cmd.SetVersionTemplate(version.Get().String() + "\n")
