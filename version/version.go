@@ -22,6 +22,13 @@ import (
 // needs nothing, as Go records the module version itself.
 var Version string
 
+// Revision, when set at link time, is the VCS revision reported instead of
+// the one Go records (a build without the repository's history, such as
+// the container image's, has none):
+//
+//	-ldflags "-X github.com/image-rebase/image-rebase/version.Revision=$(git rev-parse HEAD)"
+var Revision string
+
 // Devel is the version of a build that records none: "go run", "go test",
 // or "go build" outside version control or with -buildvcs=false.
 const Devel = "devel"
@@ -54,7 +61,7 @@ var (
 func Get() Info {
 	once.Do(func() {
 		bi, _ := debug.ReadBuildInfo()
-		info = fromBuildInfo(bi, Version)
+		info = fromBuildInfo(bi, Version, Revision)
 	})
 	return info
 }
@@ -66,9 +73,9 @@ func String() string { return Get().Version }
 // "image-rebase/VERSION".
 func UserAgent() string { return "image-rebase/" + String() }
 
-// fromBuildInfo reads bi (nil when the binary has none); override is the
-// version set at link time, if any.
-func fromBuildInfo(bi *debug.BuildInfo, override string) Info {
+// fromBuildInfo reads bi (nil when the binary has none); override and
+// revision are the version and revision set at link time, if any.
+func fromBuildInfo(bi *debug.BuildInfo, override, revision string) Info {
 	in := Info{Version: Devel, Go: runtime.Version(), Platform: runtime.GOOS + "/" + runtime.GOARCH}
 	if bi != nil {
 		if bi.GoVersion != "" {
@@ -90,6 +97,9 @@ func fromBuildInfo(bi *debug.BuildInfo, override string) Info {
 	}
 	if o := strings.TrimSpace(override); o != "" {
 		in.Version = o
+	}
+	if r := strings.TrimSpace(revision); r != "" && r != in.Revision {
+		in.Revision, in.Dirty, in.Time = r, false, ""
 	}
 	// The version goes into a User-Agent product token and JSON: no
 	// spaces, slashes or parentheses.

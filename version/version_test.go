@@ -22,6 +22,7 @@ func TestFromBuildInfo(t *testing.T) {
 		name     string
 		bi       *debug.BuildInfo
 		override string
+		revision string
 		want     Info
 		line     string
 	}{
@@ -56,6 +57,14 @@ func TestFromBuildInfo(t *testing.T) {
 			line:     "image-rebase v1.3.0-rc.1 (revision 96cbb40ba3fc, 2026-11-30T10:30:37Z; go1.26.8 PLATFORM)",
 		},
 		{
+			name:     "-X for the revision of a build without VCS information",
+			bi:       &debug.BuildInfo{GoVersion: "go1.26.8", Main: main("(devel)")},
+			override: "v1.3.0",
+			revision: "0123456789abcdef0123456789abcdef01234567",
+			want:     Info{Version: "v1.3.0", Revision: "0123456789abcdef0123456789abcdef01234567", Go: "go1.26.8"},
+			line:     "image-rebase v1.3.0 (revision 0123456789ab; go1.26.8 PLATFORM)",
+		},
+		{
 			name:     "an override that is not a token is made one",
 			bi:       &debug.BuildInfo{GoVersion: "go1.26.8", Main: main("v1.2.0")},
 			override: " 1.2 (rc) ",
@@ -64,7 +73,7 @@ func TestFromBuildInfo(t *testing.T) {
 		},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			got := fromBuildInfo(tc.bi, tc.override)
+			got := fromBuildInfo(tc.bi, tc.override, tc.revision)
 			want := tc.want
 			if want.Go == "" {
 				want.Go = runtime.Version()
