@@ -172,7 +172,7 @@ func Choose(img *manifest.Image, opts Options) (*Choice, error) {
 			} else if a.Digest != (v1.Hash{}) {
 				// The same base: its old manifest, if it still exists, gives
 				// the old base's real config.
-				c.OldRef = repoOf(a.Name) + "@" + a.Digest.String()
+				c.OldRef = RepoOf(a.Name) + "@" + a.Digest.String()
 			}
 		}
 	case c.Annotation != nil:
@@ -183,7 +183,7 @@ func Choose(img *manifest.Image, opts Options) (*Choice, error) {
 			c.NewRef = a.Name
 		}
 		if a.Digest != (v1.Hash{}) {
-			c.OldRef = repoOf(a.Name) + "@" + a.Digest.String()
+			c.OldRef = RepoOf(a.Name) + "@" + a.Digest.String()
 		}
 	case opts.NewGiven:
 		c.Method = ByHistory
@@ -194,9 +194,9 @@ func Choose(img *manifest.Image, opts Options) (*Choice, error) {
 	return c, nil
 }
 
-// repoOf strips the tag or digest from a reference: "host/base:1" →
+// RepoOf strips the tag or digest from a reference: "host/base:1" →
 // "host/base".
-func repoOf(ref string) string {
+func RepoOf(ref string) string {
 	if i := strings.IndexByte(ref, '@'); i >= 0 {
 		ref = ref[:i]
 	}

@@ -38,7 +38,13 @@ func TestMain(m *testing.M) {
 	}
 	binary = filepath.Join(dir, "image-rebase")
 	buildahRoot = filepath.Join(dir, "buildah")
-	build := exec.Command("go", "build", "-o", binary, "../cmd/image-rebase")
+	args := []string{"build", "-o", binary}
+	if raceEnabled {
+		// go test -race: the binary under test is built with the race
+		// detector too, so that its data races fail the end-to-end tests.
+		args = append(args, "-race")
+	}
+	build := exec.Command("go", append(args, "../cmd/image-rebase")...)
 	build.Stderr = os.Stderr
 	if err := build.Run(); err != nil {
 		fmt.Fprintln(os.Stderr, "building the binary:", err)
@@ -367,4 +373,141 @@ func readFile(t *testing.T, path string) string {
 		t.Fatalf("reading %s: %v", path, err)
 	}
 	return string(b)
+}
+
+// buildkitVersion is the BuildKit release .ci/buildkit builds.
+const buildkitVersion = "v0.34.2"
+
+// buildkitBinaries returns the directory that holds buildkitd and buildctl:
+// $BUILDKIT_DIR, or the cache .ci/buildkit fills. Missing binaries skip the
+// test, or fail it in CI, like need.
+func buildkitBinaries(t *testing.T) string {
+	t.Helper()
+	dir := os.Getenv("BUILDKIT_DIR")
+	if dir == "" {
+		cache := os.Getenv("IMAGE_REBASE_CACHE")
+		if cache == "" {
+			base := os.Getenv("XDG_CACHE_HOME")
+			if base == "" {
+				home, _ := os.UserHomeDir()
+				base = filepath.Join(home, ".cache")
+			}
+			cache = filepath.Join(base, "image-rebase")
+		}
+		dir = filepath.Join(cache, "buildkit-"+buildkitVersion)
+	}
+	for _, b := range []string{"buildkitd", "buildctl"} {
+		if _, err := os.Stat(filepath.Join(dir, b)); err != nil {
+			if os.Getenv("CI") != "" {
+				t.Fatalf("BuildKit's %s is required in CI (.ci/buildkit builds it): %v", b, err)
+			}
+			t.Skipf("no BuildKit %s in %s (run .ci/buildkit, or set BUILDKIT_DIR); skipping", b, dir)
+		}
+	}
+	return dir
+}
+
+// buildkitDaemon is a buildkitd process with the OCI (runc) worker, trusting
+// one test registry.
+type buildkitDaemon struct {
+	buildctl string
+	addr     string
+	reg      *registryServer
+	logFile  string
+}
+
+// startBuildkit runs buildkitd as the issue describes it (native
+// snapshotter, host network, no containerd) in a fresh state directory,
+// configured to trust r's certificate; buildctl authenticates from r's
+// Docker config. It runs as root: rootless BuildKit needs user namespaces
+// this harness does not set up.
+func startBuildkit(t *testing.T, r *registryServer) *buildkitDaemon {
+	t.Helper()
+	dir := buildkitBinaries(t)
+	need(t, "runc")
+	if os.Geteuid() != 0 {
+		if os.Getenv("CI") != "" {
+			t.Fatalf("buildkitd needs root here")
+		}
+		t.Skipf("buildkitd needs root here; skipping")
+	}
+	// A short directory: a unix socket path must fit in 108 bytes.
+	root, err := os.MkdirTemp("", "bk-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(root) })
+	// BuildKit speaks plain HTTP to loopback registries unless told
+	// otherwise: http = false keeps it on TLS, with the registry's CA.
+	cfg := filepath.Join(root, "buildkitd.toml")
+	write(t, cfg, []byte(fmt.Sprintf("[registry.%q]\n  http = false\n  ca = [%q]\n", r.Host, r.CAFile)))
+	b := &buildkitDaemon{
+		buildctl: filepath.Join(dir, "buildctl"),
+		addr:     "unix://" + filepath.Join(root, "bk.sock"),
+		reg:      r,
+		logFile:  filepath.Join(root, "buildkitd.log"),
+	}
+	logs, err := os.Create(b.logFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(filepath.Join(dir, "buildkitd"), "--config", cfg, "--root", filepath.Join(root, "state"),
+		"--addr", b.addr, "--oci-worker=true", "--containerd-worker=false",
+		"--oci-worker-snapshotter", "native", "--oci-worker-net", "host")
+	cmd.Stdout, cmd.Stderr = logs, logs
+	if err := cmd.Start(); err != nil {
+		t.Fatalf("starting buildkitd: %v", err)
+	}
+	t.Cleanup(func() {
+		cmd.Process.Signal(os.Interrupt)
+		done := make(chan struct{})
+		go func() { cmd.Wait(); close(done) }()
+		select {
+		case <-done:
+		case <-time.After(10 * time.Second):
+			cmd.Process.Kill()
+			<-done
+		}
+		logs.Close()
+	})
+	for deadline := time.Now().Add(30 * time.Second); ; {
+		err := exec.Command(b.buildctl, "--addr", b.addr, "debug", "workers").Run()
+		if err == nil {
+			return b
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("buildkitd did not come up: %v\n%s", err, readFile(t, b.logFile))
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// build builds the Dockerfile of contextDir with the Dockerfile frontend
+// built into buildkitd (no network: no "# syntax=" line) and pushes the
+// result to the registry as repoTag. opts are frontend options
+// (--opt KEY=VALUE), output extra attributes of the image exporter
+// (oci-mediatypes=false, compression=zstd, ...), extra more buildctl flags.
+// It returns an error rather than failing, so that builds may run in
+// goroutines.
+func (b *buildkitDaemon) build(contextDir, repoTag string, opts, output, extra []string) error {
+	args := []string{"--addr", b.addr, "build", "--progress", "plain", "--frontend", "dockerfile.v0",
+		"--local", "context=" + contextDir, "--local", "dockerfile=" + contextDir,
+		// Resolve FROM tags in the registry at every build: the corpus moves tags.
+		"--opt", "image-resolve-mode=pull"}
+	for _, o := range opts {
+		args = append(args, "--opt", o)
+	}
+	args = append(args, extra...)
+	args = append(args, "--output", strings.Join(append([]string{"type=image", "name=" + b.reg.Host + "/" + repoTag, "push=true"}, output...), ","))
+	cmd := exec.Command(b.buildctl, args...)
+	cmd.Env = append(os.Environ(), "DOCKER_CONFIG="+b.reg.AuthDir)
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		tail := string(out)
+		if len(tail) > 3000 {
+			tail = tail[len(tail)-3000:]
+		}
+		return fmt.Errorf("buildctl build %s: %v\n%s", repoTag, err, tail)
+	}
+	return nil
 }

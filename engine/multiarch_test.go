@@ -473,3 +473,32 @@ func TestArmVariants(t *testing.T) {
 		})
 	}
 }
+
+// A library caller's request has no resolver: the label that names the old
+// base's repository still moves to the new base.
+func TestLabelMovesWithoutResolver(t *testing.T) {
+	m := newMulti(t)
+	b1, err := testimage.Base(testimage.OCI, "1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	b2, err := testimage.Base(testimage.OCI, "2")
+	if err != nil {
+		t.Fatal(err)
+	}
+	app, err := testimage.App(b1, testimage.AppSteps("base:1")...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m.reg.Push(t, "base:1", b1)
+	m.reg.Push(t, "base:2", b2)
+	m.reg.Push(t, "app:1", app)
+	rebaseOK(t, m.req("app:1", "base:1", "base:2"))
+	cf, err := m.reg.Image(t, "app:1").ConfigFile()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := cf.Config.Labels["FROM"]; got != "base:2" {
+		t.Errorf("label FROM=%q, want base:2 (relative, as the image wrote it)", got)
+	}
+}

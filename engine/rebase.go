@@ -296,16 +296,32 @@ func baseLabel(req Request, img *manifest.Image, old Location) (label, relabel s
 	if to == "" || old.Repo == nil || value == to {
 		return label, "", nil
 	}
-	named, err := req.Detect.resolve(value, true)
-	if err != nil || named.Repo.Name() != old.Repo.Name() {
-		return label, "", nil
+	if req.Detect.Resolve == nil {
+		// No resolver (a library caller): the label names old's
+		// repository when it is that repository's name, or the end of it
+		// (base:1 for host/base).
+		repo := basedetect.RepoOf(value)
+		if repo != old.Repo.Name() && !strings.HasSuffix(old.Repo.Name(), "/"+repo) {
+			return label, "", nil
+		}
+		if host, _, ok := strings.Cut(old.Repo.Name(), "/"); ok && repo != old.Repo.Name() {
+			to = strings.TrimPrefix(to, host+"/")
+		}
+	} else {
+		named, err := req.Detect.resolve(value, true)
+		if err != nil || named.Repo.Name() != old.Repo.Name() {
+			return label, "", nil
+		}
+		if newLoc, err := req.Detect.resolve(to, true); err == nil && newLoc.String() == named.String() {
+			return label, "", nil
+		}
+		// A label written relative to its registry stays relative.
+		if prefix, ok := strings.CutSuffix(named.String(), value); ok && prefix != "" && strings.HasPrefix(to, prefix) {
+			to = strings.TrimPrefix(to, prefix)
+		}
 	}
-	if newLoc, err := req.Detect.resolve(to, true); err == nil && newLoc.String() == named.String() {
+	if to == value {
 		return label, "", nil
-	}
-	// A label written relative to its registry stays relative.
-	if prefix, ok := strings.CutSuffix(named.String(), value); ok && prefix != "" && strings.HasPrefix(to, prefix) {
-		to = strings.TrimPrefix(to, prefix)
 	}
 	if req.KeepLabel {
 		return label, "", &rebase.Warning{Code: "label-kept", Message: fmt.Sprintf(

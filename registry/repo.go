@@ -10,6 +10,7 @@ import (
 	"net/url"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/google/go-containerregistry/pkg/name"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
@@ -227,10 +228,42 @@ func (r *Repo) PutManifest(ctx context.Context, tag string, d v1.Descriptor, raw
 	if tag != "" {
 		ref = r.repo.Tag(tag)
 	}
-	if err := remote.Put(ref, &remote.Descriptor{Descriptor: d, Manifest: raw}, opts...); err != nil {
-		return &AccessError{Op: "writing manifest", Ref: ref.Name(), Err: err}
+	for attempt := 1; ; attempt++ {
+		err := remote.Put(ref, &remote.Descriptor{Descriptor: d, Manifest: raw}, opts...)
+		if err == nil {
+			return nil
+		}
+		if attempt > manifestPutRetries || !blobRace(err) {
+			return &AccessError{Op: "writing manifest", Ref: ref.Name(), Err: err}
+		}
+		// Distribution (2.8's filesystem storage) can refuse a manifest
+		// while another request commits or mounts one of its blobs into
+		// the same repository: the blobs were written, so try again.
+		select {
+		case <-ctx.Done():
+			return &AccessError{Op: "writing manifest", Ref: ref.Name(), Err: err}
+		case <-time.After(time.Duration(attempt) * 100 * time.Millisecond):
+		}
 	}
-	return nil
+}
+
+// manifestPutRetries bounds the retries of a manifest refused for a blob
+// that another request is committing.
+const manifestPutRetries = 3
+
+// blobRace tells a manifest refused because a blob it names is not (yet)
+// visible: 400 with DIGEST_INVALID or MANIFEST_BLOB_UNKNOWN.
+func blobRace(err error) bool {
+	var te *transport.Error
+	if !errors.As(err, &te) || te.StatusCode != http.StatusBadRequest {
+		return false
+	}
+	for _, d := range te.Errors {
+		if d.Code == transport.DigestInvalidErrorCode || d.Code == transport.ManifestBlobUnknownErrorCode {
+			return true
+		}
+	}
+	return false
 }
 
 // upload is an open upload session in a registry.
