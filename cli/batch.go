@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"sync"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -174,43 +173,11 @@ func runBatch(ctx context.Context, f *batchFlags, changed func(string) bool, arg
 	shared := engine.NewShared()
 	shared.RecheckAfter = f.recheckAfter
 	out := newBatchPrinter(f, len(reqs), stdout, stderr)
-	results := make(chan batchOutcome)
-	next := make(chan int)
-	var wg sync.WaitGroup
-	for range min(f.jobs, len(reqs)) {
-		wg.Go(func() {
-			for i := range next {
-				start := time.Now()
-				res, err := shared.Rebase(ctx, reqs[i])
-				results <- outcome(reqs[i], res, err, time.Since(start))
-			}
-		})
-	}
-	go func() {
-		// On interrupt or --timeout, the images not started yet are
-		// reported as such instead of being started to fail.
-		var notStarted []int
-		for i := range reqs {
-			if ctx.Err() != nil {
-				notStarted = append(notStarted, i)
-				continue
-			}
-			select {
-			case next <- i:
-			case <-ctx.Done():
-				notStarted = append(notStarted, i)
-			}
-		}
-		close(next)
-		for _, i := range notStarted {
-			results <- outcome(reqs[i], nil, fmt.Errorf("not started: %w", context.Cause(ctx)), 0)
-		}
-		wg.Wait()
-		close(results)
-	}()
-	for o := range results {
-		out.add(o)
-	}
+	// On interrupt or --timeout, the images not started yet are reported
+	// as such instead of being started to fail.
+	shared.RebaseAll(ctx, reqs, f.jobs, func(i int, res *engine.Result, err error, took time.Duration) {
+		out.add(outcome(reqs[i], res, err, took))
+	})
 	return out.finish()
 }
 
