@@ -1,21 +1,17 @@
 package cli
 
 import (
-	"bufio"
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"os"
-	"sort"
-	"strings"
-	"sync"
 	"time"
 
 	"github.com/spf13/cobra"
 
 	"github.com/image-rebase/image-rebase/engine"
+	"github.com/image-rebase/image-rebase/imagelist"
 	"github.com/image-rebase/image-rebase/locate"
 	"github.com/image-rebase/image-rebase/registry"
 )
@@ -86,12 +82,6 @@ cannot be read (an unreachable registry for --all-tags or --scan); 10 with
 	fl.Lookup("timeout").DefValue = "30m0s"
 	f.timeout = 30 * time.Minute
 	return cmd
-}
-
-// batchItem is one image to rebase, with the line that named it.
-type batchItem struct {
-	ref, from, to string
-	origin        string
 }
 
 // batchOutcome is one image's result, as printed.
@@ -168,59 +158,27 @@ func runBatch(ctx context.Context, f *batchFlags, changed func(string) bool, arg
 	// registry's token covers every repository at once.
 	reqs := make([]engine.Request, len(items))
 	for i, it := range items {
-		if locate.IsLocal(it.ref) {
+		if locate.IsLocal(it.Ref) {
 			// Layouts and archives are written by one rebase at a time.
-			return usagef(fmt.Sprintf("%s: %s is local storage: batch rebases images in registries; rebase it on its own", it.origin, it.ref))
+			return usagef(fmt.Sprintf("%s: %s is local storage: batch rebases images in registries; rebase it on its own", it.Origin, it.Ref))
 		}
 		fl := f.rebaseFlags
-		if it.from != "" || it.to != "" {
-			fl.fromBase, fl.toBase = it.from, it.to
+		if it.From != "" || it.To != "" {
+			fl.fromBase, fl.toBase = it.From, it.To
 		}
-		if reqs[i], err = buildRequest(refs, it.ref, &fl); err != nil {
-			return usagef(fmt.Sprintf("%s: %v", it.origin, err))
+		if reqs[i], err = buildRequest(refs, it.Ref, &fl); err != nil {
+			return usagef(fmt.Sprintf("%s: %v", it.Origin, err))
 		}
 	}
 
 	shared := engine.NewShared()
 	shared.RecheckAfter = f.recheckAfter
 	out := newBatchPrinter(f, len(reqs), stdout, stderr)
-	results := make(chan batchOutcome)
-	next := make(chan int)
-	var wg sync.WaitGroup
-	for range min(f.jobs, len(reqs)) {
-		wg.Go(func() {
-			for i := range next {
-				start := time.Now()
-				res, err := shared.Rebase(ctx, reqs[i])
-				results <- outcome(reqs[i], res, err, time.Since(start))
-			}
-		})
-	}
-	go func() {
-		// On interrupt or --timeout, the images not started yet are
-		// reported as such instead of being started to fail.
-		var notStarted []int
-		for i := range reqs {
-			if ctx.Err() != nil {
-				notStarted = append(notStarted, i)
-				continue
-			}
-			select {
-			case next <- i:
-			case <-ctx.Done():
-				notStarted = append(notStarted, i)
-			}
-		}
-		close(next)
-		for _, i := range notStarted {
-			results <- outcome(reqs[i], nil, fmt.Errorf("not started: %w", context.Cause(ctx)), 0)
-		}
-		wg.Wait()
-		close(results)
-	}()
-	for o := range results {
-		out.add(o)
-	}
+	// On interrupt or --timeout, the images not started yet are reported
+	// as such instead of being started to fail.
+	shared.RebaseAll(ctx, reqs, f.jobs, func(i int, res *engine.Result, err error, took time.Duration) {
+		out.add(outcome(reqs[i], res, err, took))
+	})
 	return out.finish()
 }
 
@@ -246,18 +204,9 @@ func outcome(req engine.Request, res *engine.Result, err error, d time.Duration)
 }
 
 // batchItems lists the images to rebase, each once, in the order given.
-func batchItems(ctx context.Context, client *registry.Client, defaultReg string, f *batchFlags, args []string, stdin io.Reader) ([]batchItem, error) {
-	var items []batchItem
-	seen := map[string]bool{}
-	add := func(it batchItem) {
-		if !seen[it.ref] {
-			seen[it.ref] = true
-			items = append(items, it)
-		}
-	}
-	for i, a := range args {
-		add(batchItem{ref: a, origin: fmt.Sprintf("argument %d (%s)", i+1, a)})
-	}
+func batchItems(ctx context.Context, client *registry.Client, defaultReg string, f *batchFlags, args []string, stdin io.Reader) ([]imagelist.Item, error) {
+	var list imagelist.List
+	list.AddArgs(args)
 	for _, name := range f.files {
 		r := stdin
 		if name != "-" {
@@ -268,23 +217,13 @@ func batchItems(ctx context.Context, client *registry.Client, defaultReg string,
 			defer file.Close()
 			r = file
 		}
-		if err := readImageList(r, name, add); err != nil {
-			return nil, err
+		if err := list.Read(r, name); err != nil {
+			return nil, listError(err)
 		}
 	}
 	for _, repo := range f.allTags {
-		rp, err := client.Repository(defaultReg, repo, !f.dryRun && !f.check)
-		if err != nil {
-			return nil, usagef(fmt.Sprintf("--all-tags: %v", err))
-		}
-		tags, err := rp.Tags(ctx)
-		if err != nil {
-			return nil, err
-		}
-		sort.Strings(tags)
-		for _, t := range tags {
-			ref := rp.Name() + ":" + t
-			add(batchItem{ref: ref, origin: "--all-tags " + ref})
+		if err := list.AddAllTags(ctx, client, defaultReg, repo, !f.dryRun && !f.check); err != nil {
+			return nil, listError(err)
 		}
 	}
 	if f.scan.enabled {
@@ -294,50 +233,16 @@ func batchItems(ctx context.Context, client *registry.Client, defaultReg string,
 		if err != nil {
 			return nil, err
 		}
-		for _, s := range found {
-			if s.Stale {
-				add(batchItem{ref: s.Image, from: s.From, to: s.To, origin: "--scan " + s.Image})
-			}
-		}
+		list.AddStale(found)
 	}
-	return items, nil
+	return list.Items(), nil
 }
 
-// readImageList reads one reference per line; blank lines and # comments
-// are skipped; a line starting with "{" is a JSON object with "image" and
-// optional "from" and "to" (scan -o json prints them).
-func readImageList(r io.Reader, name string, add func(batchItem)) error {
-	sc := bufio.NewScanner(r)
-	sc.Buffer(make([]byte, 0, 64<<10), 1<<20)
-	for n := 1; sc.Scan(); n++ {
-		line := strings.TrimSpace(sc.Text())
-		origin := fmt.Sprintf("%s line %d", name, n)
-		switch {
-		case line == "" || strings.HasPrefix(line, "#"):
-			continue
-		case strings.HasPrefix(line, "{"):
-			var v struct {
-				Image, From, To string
-				Summary         json.RawMessage
-			}
-			if err := json.Unmarshal([]byte(line), &v); err != nil {
-				return usagef(fmt.Sprintf("%s: %v", origin, err))
-			}
-			if v.Summary != nil {
-				continue // the summary line of scan or batch -o json
-			}
-			if v.Image == "" {
-				return usagef(fmt.Sprintf("%s: no \"image\"", origin))
-			}
-			add(batchItem{ref: v.Image, from: v.From, to: v.To, origin: origin})
-		case strings.ContainsAny(line, " \t"):
-			return usagef(fmt.Sprintf("%s: %q: want one image reference per line", origin, line))
-		default:
-			add(batchItem{ref: line, origin: origin})
-		}
+// listError makes a list that cannot be read a usage error.
+func listError(err error) error {
+	var ie *imagelist.InputError
+	if errors.As(err, &ie) {
+		return usagef(ie.Msg)
 	}
-	if err := sc.Err(); err != nil {
-		return usagef(fmt.Sprintf("reading %s: %v", name, err))
-	}
-	return nil
+	return err
 }

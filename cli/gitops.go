@@ -2,7 +2,6 @@ package cli
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"io"
 	"slices"
@@ -136,9 +135,7 @@ func runGitOps(ctx context.Context, f *gitopsFlags, paths []string, stdout, stde
 		return usagef(err.Error())
 	}
 	if f.output == "json" {
-		enc := json.NewEncoder(stdout)
-		enc.SetIndent("", "  ")
-		if err := enc.Encode(rep); err != nil {
+		if err := encodeJSON(stdout, rep, true); err != nil {
 			return err
 		}
 	} else {

@@ -1,7 +1,6 @@
 package cli
 
 import (
-	"encoding/json"
 	"fmt"
 	"io"
 	"strings"
@@ -49,8 +48,7 @@ func (p *batchPrinter) add(o batchOutcome) {
 	}
 	switch {
 	case p.f.output == "json":
-		b, _ := json.Marshal(o)
-		fmt.Fprintf(p.out, "%s\n", b)
+		encodeJSON(p.out, o, false)
 	case p.live:
 		if o.Action == failed || p.f.verbose {
 			fmt.Fprint(p.err, "\r\033[K")
@@ -137,8 +135,7 @@ func (p *batchPrinter) finish() error {
 			}
 			sum["baseReadFailures"] = bs
 		}
-		b, _ := json.Marshal(map[string]any{"summary": sum})
-		fmt.Fprintf(p.out, "%s\n", b)
+		encodeJSON(p.out, map[string]any{"summary": sum}, false)
 	} else {
 		if p.live {
 			fmt.Fprint(p.err, "\r\033[K")

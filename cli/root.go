@@ -2,17 +2,14 @@ package cli
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"os"
 	"os/signal"
 	"slices"
-	"strings"
 	"time"
 
-	"github.com/google/go-containerregistry/pkg/name"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
@@ -21,8 +18,8 @@ import (
 	"github.com/image-rebase/image-rebase/engine"
 	"github.com/image-rebase/image-rebase/locate"
 	"github.com/image-rebase/image-rebase/manifest"
-	"github.com/image-rebase/image-rebase/platform"
 	"github.com/image-rebase/image-rebase/registry"
+	"github.com/image-rebase/image-rebase/version"
 )
 
 // Main runs the command line with args (without the program name) and
@@ -134,7 +131,24 @@ from a local target are copied there.`,
 	fl.BoolVar(&f.checkSignatures, "check-signatures", false, "warn when the rebase invalidates signatures of a single-platform IMAGE (cosign tags, OCI referrers); always done for an index and with -v")
 	addConnectionFlags(cmd, &f.insecure, &f.verbose, &f.timeout)
 	cmd.AddCommand(newDemoCommand(stdout, stderr), newBatchCommand(stdout, stderr), newScanCommand(stdout, stderr))
-	cmd.AddCommand(newGitOpsCommand(stdout, stderr), newWatchCommand(stdout, stderr))
+	cmd.AddCommand(newGitOpsCommand(stdout, stderr), newWatchCommand(stdout, stderr), newVersionCommand(stdout))
+	for _, c := range cmd.Commands() {
+		switch c.Name() {
+		case "gitops":
+			registerCompletions(c, nil) // directories and files
+		default:
+			registerCompletions(c, noFiles)
+		}
+	}
+	registerCompletions(cmd, func(c *cobra.Command, args []string, toComplete string) ([]cobra.Completion, cobra.ShellCompDirective) {
+		if len(args) >= 2 {
+			return noFiles(c, args, toComplete)
+		}
+		return completeReference(c, args, toComplete)
+	})
+	// --version prints what the version command prints.
+	cmd.Version = version.String()
+	cmd.SetVersionTemplate(version.Get().String() + "\n")
 	return cmd
 }
 
@@ -203,17 +217,9 @@ func checkFlagValues(cmd *cobra.Command) error {
 // classicRegistry splits the REGISTRY argument into host and whether it
 // asked for plain HTTP.
 func classicRegistry(arg string) (host string, plainHTTP bool, err error) {
-	switch {
-	case strings.HasPrefix(arg, "http://"):
-		host, plainHTTP = strings.TrimPrefix(arg, "http://"), true
-	case strings.HasPrefix(arg, "https://"):
-		host = strings.TrimPrefix(arg, "https://")
-	default:
-		host = arg
-	}
-	host = strings.TrimSuffix(host, "/")
-	if !registry.ValidHost(host) {
-		return "", false, usagef(fmt.Sprintf("invalid registry %q: want host[:port] or http(s)://host[:port]", arg))
+	host, plainHTTP, err = registry.ParseRegistry(arg)
+	if err != nil {
+		return "", false, usagef(err.Error())
 	}
 	return host, plainHTTP, nil
 }
@@ -296,75 +302,24 @@ func runRebase(ctx context.Context, f *rebaseFlags, cmdFlags func(string) bool, 
 // buildRequest parses every reference before any request is made, so that a
 // malformed one fails without touching a registry.
 func buildRequest(refs *locate.Resolver, image string, f *rebaseFlags) (engine.Request, error) {
-	var req engine.Request
-	var err error
-	parse := func(what, ref string, write bool) (engine.Location, error) {
-		loc, err := refs.Parse(ref, write)
-		if err != nil {
-			return loc, usagef(fmt.Sprintf("%s: %v", what, err))
-		}
-		return loc, nil
+	req, err := refs.Request(locate.Spec{
+		Image: image, From: f.fromBase, To: f.toBase, Target: f.tag, Label: f.label, Layers: f.layers,
+		BackupTag: f.backupTag, Platforms: f.platforms,
+		DryRun: f.dryRun || f.check, Strict: f.strict, Force: f.force, AllowCopy: f.allowCopy,
+		KeepOtherPlatforms: f.keepOtherPlatforms, KeepAttestations: f.keepAttestations, KeepLabel: f.keepLabel,
+		CheckSignatures: f.checkSignatures || f.verbose,
+	})
+	var se *locate.SpecError
+	if errors.As(err, &se) {
+		return req, usagef(fmt.Sprintf("%s: %v", specFlags[se.Field], se.Err))
 	}
-	if req.Image, err = parse("IMAGE", image, !f.dryRun && !f.check && f.tag == ""); err != nil {
-		return req, err
-	}
-	if f.fromBase != "" {
-		if req.From, err = parse("--from-base", f.fromBase, false); err != nil {
-			return req, err
-		}
-	}
-	if f.toBase != "" {
-		if req.To, err = parse("--to-base", f.toBase, false); err != nil {
-			return req, err
-		}
-	}
-	req.Detect = engine.Detect{Label: f.label, Layers: f.layers, Resolve: func(ref string, relative bool) (engine.Location, error) {
-		reg := ""
-		if relative {
-			// A label names the base relative to REGISTRY, or else to the
-			// image's own registry.
-			reg = refs.DefaultRegistry
-			if r, ok := req.Image.Repo.(interface{ Registry() string }); ok && reg == "" {
-				reg = r.Registry()
-			}
-		}
-		return refs.Registry.Parse(ref, reg, false)
-	}}
-	req.Target = req.Image
-	if f.tag != "" {
-		if isBareTag(f.tag) {
-			req.Target, err = parse("--tag", locate.WithTag(req.Image, f.tag), !(f.dryRun || f.check))
-		} else {
-			req.Target, err = parse("--tag", f.tag, !(f.dryRun || f.check))
-		}
-		if err != nil {
-			return req, err
-		}
-		if req.Target.Tag == "" {
-			return req, usagef("--tag must name a tag, not a digest")
-		}
-	}
-	req.DryRun, req.Force, req.AllowCopy, req.Strict = f.dryRun || f.check, f.force, f.allowCopy, f.strict
-	req.KeepOtherPlatforms, req.KeepAttestations = f.keepOtherPlatforms, f.keepAttestations
-	req.ToName, req.KeepLabel = f.toBase, f.keepLabel
-	req.CheckSignatures = f.checkSignatures || f.verbose
-	if f.backupTag != "" {
-		if req.Image.Tag == "" {
-			return req, usagef("--backup-tag needs IMAGE named by tag")
-		}
-		req.BackupTag = strings.ReplaceAll(f.backupTag, "{tag}", req.Image.Tag)
-		if _, err := name.NewTag("example.com/x:"+req.BackupTag, name.StrictValidation); err != nil || !isBareTag(req.BackupTag) {
-			return req, usagef(fmt.Sprintf("--backup-tag %q does not make a valid tag (%q)", f.backupTag, req.BackupTag))
-		}
-	}
-	for _, s := range f.platforms {
-		p, err := platform.Parse(s)
-		if err != nil {
-			return req, usagef("--platform: " + err.Error())
-		}
-		req.Platforms = append(req.Platforms, p)
-	}
-	return req, nil
+	return req, err
+}
+
+// specFlags name the fields of a locate.Spec as the command line does.
+var specFlags = map[string]string{
+	"Image": "IMAGE", "From": "--from-base", "To": "--to-base", "Target": "--tag", "Label": "-l/--label",
+	"Layers": "--layers", "BackupTag": "--backup-tag", "Platforms": "--platform",
 }
 
 // terminal returns w when it is a terminal (for progress lines), else nil.
@@ -380,11 +335,6 @@ func terminal(w io.Writer) io.Writer {
 	return w
 }
 
-// isBareTag tells a tag ("1.2-rebased") from a reference ("app:1", "host/app").
-func isBareTag(s string) bool {
-	return !strings.ContainsAny(s, "/:@")
-}
-
 func printResult(w io.Writer, f *rebaseFlags, res *engine.Result) error {
 	if f.output == "json" {
 		if !f.dryRun && !f.verbose {
@@ -393,9 +343,7 @@ func printResult(w io.Writer, f *rebaseFlags, res *engine.Result) error {
 				res.Platforms[i].Plan = nil
 			}
 		}
-		enc := json.NewEncoder(w)
-		enc.SetIndent("", "  ")
-		return enc.Encode(res)
+		return encodeJSON(w, res, true)
 	}
 	explain := f.dryRun || f.verbose
 	switch {

@@ -2,7 +2,6 @@ package cli
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -102,15 +101,14 @@ func printScan(w io.Writer, output string, found []scan.Finding, staleOnly bool)
 		}
 	}
 	if output == "json" {
-		enc := json.NewEncoder(w)
 		for _, f := range found {
 			if !staleOnly || f.Stale {
-				if err := enc.Encode(f); err != nil {
+				if err := encodeJSON(w, f, false); err != nil {
 					return err
 				}
 			}
 		}
-		return enc.Encode(map[string]any{"summary": map[string]int{"images": len(found), "stale": stale}})
+		return encodeJSON(w, map[string]any{"summary": map[string]int{"images": len(found), "stale": stale}}, false)
 	}
 	tw := tabwriter.NewWriter(w, 2, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "IMAGE\tBASE\tFOUND BY\tCURRENT\tSTATE")

@@ -15,6 +15,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/image-rebase/image-rebase/locate"
 	"github.com/image-rebase/image-rebase/registry"
 	"github.com/image-rebase/image-rebase/watch"
 )
@@ -206,7 +207,7 @@ func startWatch(ctx context.Context, f *watchFlags, fromFile []watch.FileRegistr
 		}
 		cfg.Registries = append(cfg.Registries, watch.Registry{Host: host, Bases: r.Bases, Repos: r.Repos})
 	}
-	if f.backupTag != "" && !isBareTag(strings.ReplaceAll(f.backupTag, "{tag}", "x")) {
+	if f.backupTag != "" && !locate.BareTag(strings.ReplaceAll(f.backupTag, "{tag}", "x")) {
 		return usagef(fmt.Sprintf("--backup-tag %q does not make a tag", f.backupTag))
 	}
 	if f.notify != "" && !strings.HasPrefix(f.notify, "http://") && !strings.HasPrefix(f.notify, "https://") {

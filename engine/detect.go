@@ -195,7 +195,13 @@ func searchOldBase(ctx context.Context, choice *basedetect.Choice, img *manifest
 	layers := choice.OldLayers(img)
 	m, err := oldBaseByTags(ctx, loc.Repo, loc.Tag, img, p, layers, r)
 	if err != nil {
-		return nil, "", err
+		// The search only helps: a repository whose tags cannot be listed
+		// (a local name such as buildah's localhost/base, no access) leaves
+		// the old base to the image's own records.
+		if ctx.Err() != nil {
+			return nil, "", ctx.Err()
+		}
+		return nil, fmt.Sprintf("the tags of %s could not be listed to look for the old base (%s)", loc.Repo.Name(), registryError(err)), nil
 	}
 	// A match shorter than the label's boundary means the label is not the
 	// first instruction after FROM: Decide says so.
@@ -404,4 +410,13 @@ func backwards(choice *basedetect.Choice, old, nw *manifest.Image) *rebase.Warni
 	return &rebase.Warning{Code: "base-older", Message: fmt.Sprintf(
 		"%s names %s, whose image %s (created %s) is older than the base the image is on, %s (created %s): the rebase moves it back onto the older base; if the image was moved off it on purpose (an explicit rebase with --keep-label), set the label or pass --from-base/--to-base",
 		clue(choice), choice.NewRef, nw.Descriptor.Digest, nc.UTC().Format(time.RFC3339), old.Ref, oc.UTC().Format(time.RFC3339))}
+}
+
+// registryError shortens an error for a reason line: its last part.
+func registryError(err error) string {
+	s := err.Error()
+	if i := strings.LastIndex(s, ": "); i >= 0 && i+2 < len(s) {
+		return s[i+2:]
+	}
+	return s
 }

@@ -224,9 +224,21 @@ func TestRebaseFromRegistryIntoLayoutCopiesNewBase(t *testing.T) {
 		t.Errorf("app-1-rebased = %s, want %s", got, res.After)
 	}
 
-	// Writing the same tag again needs --force.
+	// Again: the target already names the result, which is up to date.
+	if res, err := engine.Rebase(context.Background(), req); err != nil || res.Action != engine.UpToDate {
+		t.Errorf("second run: %v %+v, want up to date", err, res)
+	}
+	// A target that names another image needs --force.
+	d, raw, err := l.Manifest(context.Background(), "app-1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := l.PutManifest(context.Background(), "other", d, raw); err != nil {
+		t.Fatal(err)
+	}
+	req.Target.Tag = "other"
 	if _, err := engine.Rebase(context.Background(), req); !errors.As(err, new(*engine.TargetExistsError)) {
-		t.Errorf("second run: %v, want TargetExistsError", err)
+		t.Errorf("into a tag naming another image: %v, want TargetExistsError", err)
 	}
 }
 

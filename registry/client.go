@@ -23,6 +23,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/remote/transport"
 
 	"github.com/image-rebase/image-rebase/engine"
+	"github.com/image-rebase/image-rebase/version"
 )
 
 // Options configure a Client.
@@ -43,7 +44,9 @@ type Options struct {
 	Log io.Writer
 	// Transport is the base transport; http.DefaultTransport when nil.
 	Transport http.RoundTripper
-	// UserAgent is sent with every request.
+	// UserAgent is sent with every request, followed by
+	// go-containerregistry's own product; "image-rebase/VERSION" when empty
+	// (see package version).
 	UserAgent string
 	// RetryBackoff is the first wait before a retry (doubling, with
 	// jitter); 250ms when zero. Tests shorten it.
@@ -96,7 +99,7 @@ func New(opts Options) *Client {
 	}
 	opts.Insecure = append(slices.Clone(opts.Insecure), opts.PlainHTTP...)
 	if opts.UserAgent == "" {
-		opts.UserAgent = "image-rebase"
+		opts.UserAgent = version.UserAgent()
 	}
 	retry := defaultRetry
 	if opts.RetryBackoff > 0 {

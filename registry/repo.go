@@ -73,6 +73,25 @@ func (c *Client) Parse(ref, defaultRegistry string, write bool) (engine.Location
 	return loc, nil
 }
 
+// ParseRegistry splits a registry named as users name one, host[:port] or
+// http(s)://host[:port] (a trailing slash allowed), into its host and
+// whether it asked for plain HTTP (http://).
+func ParseRegistry(arg string) (host string, plainHTTP bool, err error) {
+	switch {
+	case strings.HasPrefix(arg, "http://"):
+		host, plainHTTP = strings.TrimPrefix(arg, "http://"), true
+	case strings.HasPrefix(arg, "https://"):
+		host = strings.TrimPrefix(arg, "https://")
+	default:
+		host = arg
+	}
+	host = strings.TrimSuffix(host, "/")
+	if !ValidHost(host) {
+		return "", false, fmt.Errorf("invalid registry %q: want host[:port] or http(s)://host[:port]", arg)
+	}
+	return host, plainHTTP, nil
+}
+
 // ValidHost reports whether s is a registry host: a DNS name, an IPv4
 // address or a bracketed IPv6 address, with an optional port.
 func ValidHost(s string) bool {

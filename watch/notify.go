@@ -7,6 +7,8 @@ import (
 	"net/http"
 	"strings"
 	"time"
+
+	"github.com/image-rebase/image-rebase/version"
 )
 
 // notify posts s to Config.Notify, trying three times.
@@ -38,7 +40,7 @@ func (w *Watcher) post(body []byte) error {
 		return err
 	}
 	req.Header.Set("Content-Type", "application/json")
-	req.Header.Set("User-Agent", "image-rebase-watch")
+	req.Header.Set("User-Agent", version.UserAgent())
 	resp, err := w.cfg.NotifyClient.Do(req)
 	if err != nil {
 		return err

@@ -14,6 +14,7 @@ import (
 	"github.com/image-rebase/image-rebase/rebase"
 	"github.com/image-rebase/image-rebase/registry"
 	"github.com/image-rebase/image-rebase/scan"
+	"github.com/image-rebase/image-rebase/version"
 )
 
 // trigger asks for a round of b: after Settle (a burst of events makes
@@ -372,7 +373,7 @@ func (w *Watcher) final(key string, b *base, res ImageResult) {
 
 // endRound summarises a round: a log line, the metric, OnRound, Notify.
 func (w *Watcher) endRound(r *round, interrupted bool) {
-	s := Summary{Round: r.id, Registry: r.b.g.reg.Host, Base: r.b.ref, Digest: r.version.Digest, Previous: r.previous,
+	s := Summary{Version: version.String(), Round: r.id, Registry: r.b.g.reg.Host, Base: r.b.ref, Digest: r.version.Digest, Previous: r.previous,
 		Trigger: r.trigger, Started: r.started, Seconds: time.Since(r.started).Seconds(), Images: r.images,
 		Counts: map[string]int{}, Interrupted: interrupted}
 	slices.SortFunc(s.Images, func(a, b ImageResult) int { return strings.Compare(a.Image, b.Image) })

@@ -35,6 +35,7 @@ import (
 	"github.com/image-rebase/image-rebase/engine"
 	"github.com/image-rebase/image-rebase/registry"
 	"github.com/image-rebase/image-rebase/scan"
+	"github.com/image-rebase/image-rebase/version"
 )
 
 // Registry is one registry whose images are kept on their bases.
@@ -190,6 +191,8 @@ type round struct {
 // Summary is a finished round, as logged, posted to Config.Notify and
 // passed to Config.OnRound.
 type Summary struct {
+	// Version is the version of image-rebase that ran the round.
+	Version  string `json:"version"`
 	Round    int    `json:"round"`
 	Registry string `json:"registry"`
 	Base     string `json:"base"`
@@ -298,7 +301,7 @@ func (w *Watcher) Run(ctx context.Context, ln net.Listener) error {
 	srv := &http.Server{Handler: w.Handler(), ReadHeaderTimeout: 10 * time.Second}
 	served := make(chan error, 1)
 	go func() { served <- srv.Serve(ln) }()
-	w.log.Info("watching", "listen", ln.Addr().String(), "registries", len(w.groups), "jobs", w.cfg.Jobs, "poll", w.cfg.Poll.String())
+	w.log.Info("watching", "version", version.String(), "listen", ln.Addr().String(), "registries", len(w.groups), "jobs", w.cfg.Jobs, "poll", w.cfg.Poll.String())
 
 	work, cancelWork := context.WithCancel(context.WithoutCancel(ctx))
 	defer cancelWork()

@@ -21,6 +21,7 @@ import (
 	"github.com/image-rebase/image-rebase/internal/regtest"
 	"github.com/image-rebase/image-rebase/internal/testimage"
 	"github.com/image-rebase/image-rebase/registry"
+	"github.com/image-rebase/image-rebase/version"
 	"github.com/image-rebase/image-rebase/watch"
 )
 
@@ -625,7 +626,7 @@ func TestNotifyAndDrain(t *testing.T) {
 	got := make(chan watch.Summary, 10)
 	hook := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		var s watch.Summary
-		if r.Header.Get("Content-Type") != "application/json" || json.NewDecoder(r.Body).Decode(&s) != nil {
+		if r.Header.Get("Content-Type") != "application/json" || r.UserAgent() != version.UserAgent() || json.NewDecoder(r.Body).Decode(&s) != nil {
 			http.Error(w, "bad", http.StatusBadRequest)
 			return
 		}
@@ -655,7 +656,7 @@ func TestNotifyAndDrain(t *testing.T) {
 	fx.start(watch.Config{Notify: "http://" + hl.Addr().String() + "/hook", Jobs: 1})
 	d2 := reg.Push(t, "base:stable", fx.b[2])
 	s := <-got
-	if s.Digest != d2 || s.Base != reg.Host+"/base:stable" || s.Counts["rebased"] != 3 || len(s.Images) != 3 || s.Images[0].Before == s.Images[0].After {
+	if s.Version != version.String() || s.Digest != d2 || s.Base != reg.Host+"/base:stable" || s.Counts["rebased"] != 3 || len(s.Images) != 3 || s.Images[0].Before == s.Images[0].After {
 		t.Fatalf("posted summary %+v", s)
 	}
 

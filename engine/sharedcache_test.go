@@ -394,3 +394,65 @@ func TestBatchWritesOneManifestOnceAtATime(t *testing.T) {
 		t.Errorf("%d writes of one manifest in flight at once, want 1", repo.max)
 	}
 }
+
+// TestRebaseAll: every request is reported once, jobs at a time; once the
+// context ends, the requests not started are reported as such and none
+// is started.
+func TestRebaseAll(t *testing.T) {
+	var inFlight, most atomic.Int32
+	reg := regtest.Start(t, regtest.WithHandler(func(h http.Handler) http.Handler {
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if r.Method == http.MethodPut && strings.Contains(r.URL.Path, "/manifests/") {
+				n := inFlight.Add(1)
+				defer inFlight.Add(-1)
+				for m := most.Load(); n > m && !most.CompareAndSwap(m, n); m = most.Load() {
+				}
+				time.Sleep(20 * time.Millisecond)
+			}
+			h.ServeHTTP(w, r)
+		})
+	}))
+	_, refs := batchFixture(t, reg, map[string]int{"a": 5, "b": 2})
+	c := registry.New(registry.Options{Insecure: []string{reg.Host}})
+	requests := func() []engine.Request {
+		var reqs []engine.Request
+		for _, ref := range refs {
+			img, err := c.Parse(ref, reg.Host, true)
+			if err != nil {
+				t.Fatal(err)
+			}
+			from, _ := c.Parse("base:1", reg.Host, false)
+			to, _ := c.Parse("base:2", reg.Host, false)
+			reqs = append(reqs, engine.Request{Image: img, Target: img, From: from, To: to})
+		}
+		return reqs
+	}
+
+	reported := map[int]string{}
+	engine.NewShared().RebaseAll(context.Background(), requests(), 2, func(i int, res *engine.Result, err error, took time.Duration) {
+		if _, twice := reported[i]; twice {
+			t.Errorf("request %d reported twice", i)
+		}
+		reported[i] = fmt.Sprint(err)
+		if err != nil || res.Action != engine.Rebased || took <= 0 {
+			t.Errorf("%s: %v, %v, %s", refs[i], res, err, took)
+		}
+	})
+	if len(reported) != len(refs) || most.Load() > 2 || most.Load() < 1 {
+		t.Errorf("%d of %d reported; at most %d manifest writes at once, want 1 or 2", len(reported), len(refs), most.Load())
+	}
+
+	ctx, cancel := context.WithCancelCause(context.Background())
+	cancel(errors.New("interrupted"))
+	before := reg.Snapshot(t)
+	n := 0
+	engine.NewShared().RebaseAll(ctx, requests(), 4, func(i int, res *engine.Result, err error, _ time.Duration) {
+		n++
+		if res != nil || err == nil || err.Error() != "not started: interrupted" {
+			t.Errorf("%s after the context ended: %v, %v", refs[i], res, err)
+		}
+	})
+	if n != len(refs) || fmt.Sprint(reg.Snapshot(t)) != fmt.Sprint(before) {
+		t.Errorf("%d of %d reported; registry %v → %v", n, len(refs), before, reg.Snapshot(t))
+	}
+}

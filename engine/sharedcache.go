@@ -3,6 +3,7 @@ package engine
 import (
 	"context"
 	"errors"
+	"fmt"
 	"slices"
 	"sync"
 	"time"
@@ -308,4 +309,55 @@ func (r *run) transfer(ctx context.Context, target WritableRepo, g blobGroup, al
 		return target.Transfer(ctx, g.src, g.blobs, allowCopy)
 	}
 	return r.shared.transfer(ctx, target, g, allowCopy)
+}
+
+// RebaseAll rebases every request with s, jobs at a time (at least one),
+// in order of the slice, and calls done once per request as it finishes,
+// from one goroutine at a time: with its index, its result and error, and
+// how long it took. A failure concerns its image only. Once ctx ends, the
+// requests not started yet are not started: each is reported with an
+// error "not started: " and the context's cause. RebaseAll returns when
+// every request was reported.
+func (s *Shared) RebaseAll(ctx context.Context, reqs []Request, jobs int, done func(i int, res *Result, err error, took time.Duration)) {
+	type outcome struct {
+		i    int
+		res  *Result
+		err  error
+		took time.Duration
+	}
+	results := make(chan outcome)
+	next := make(chan int)
+	var wg sync.WaitGroup
+	for range min(max(jobs, 1), len(reqs)) {
+		wg.Go(func() {
+			for i := range next {
+				start := time.Now()
+				res, err := s.Rebase(ctx, reqs[i])
+				results <- outcome{i, res, err, time.Since(start)}
+			}
+		})
+	}
+	go func() {
+		var notStarted []int
+		for i := range reqs {
+			if ctx.Err() != nil {
+				notStarted = append(notStarted, i)
+				continue
+			}
+			select {
+			case next <- i:
+			case <-ctx.Done():
+				notStarted = append(notStarted, i)
+			}
+		}
+		close(next)
+		for _, i := range notStarted {
+			results <- outcome{i: i, err: fmt.Errorf("not started: %w", context.Cause(ctx))}
+		}
+		wg.Wait()
+		close(results)
+	}()
+	for o := range results {
+		done(o.i, o.res, o.err, o.took)
+	}
 }
