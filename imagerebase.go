@@ -43,11 +43,11 @@ import (
 	"github.com/google/go-containerregistry/pkg/authn"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 
-	"github.com/image-rebase/image-rebase/engine"
-	"github.com/image-rebase/image-rebase/locate"
-	"github.com/image-rebase/image-rebase/rebase"
-	"github.com/image-rebase/image-rebase/registry"
-	"github.com/image-rebase/image-rebase/version"
+	"github.com/image-rebase/image-rebase/internal/engine"
+	"github.com/image-rebase/image-rebase/internal/locate"
+	"github.com/image-rebase/image-rebase/internal/rebase"
+	"github.com/image-rebase/image-rebase/internal/registry"
+	"github.com/image-rebase/image-rebase/internal/version"
 )
 
 // Options say how to rebase an image and how to reach its registries. The

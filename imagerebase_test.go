@@ -13,7 +13,7 @@ import (
 	imagerebase "github.com/image-rebase/image-rebase"
 	"github.com/image-rebase/image-rebase/internal/regtest"
 	"github.com/image-rebase/image-rebase/internal/testimage"
-	"github.com/image-rebase/image-rebase/version"
+	"github.com/image-rebase/image-rebase/internal/version"
 )
 
 // TestBadInputsContactNothing: a malformed option or reference fails

@@ -6,7 +6,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/image-rebase/image-rebase/cli"
+	"github.com/image-rebase/image-rebase/internal/cli"
 	"github.com/image-rebase/image-rebase/internal/proxytest"
 	"github.com/image-rebase/image-rebase/internal/regtest"
 )

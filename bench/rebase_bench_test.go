@@ -15,7 +15,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/google/go-containerregistry/pkg/v1/types"
 
-	"github.com/image-rebase/image-rebase/cli"
+	"github.com/image-rebase/image-rebase/internal/cli"
 	"github.com/image-rebase/image-rebase/internal/proxytest"
 	"github.com/image-rebase/image-rebase/internal/regtest"
 	"github.com/image-rebase/image-rebase/internal/testimage"

@@ -10,9 +10,9 @@ import (
 	"time"
 
 	"github.com/image-rebase/image-rebase/internal/proxytest"
+	"github.com/image-rebase/image-rebase/internal/registry"
 	"github.com/image-rebase/image-rebase/internal/regtest"
-	"github.com/image-rebase/image-rebase/registry"
-	"github.com/image-rebase/image-rebase/watch"
+	"github.com/image-rebase/image-rebase/internal/watch"
 )
 
 // watchPoll is the poll interval of BenchmarkWatch/poll.

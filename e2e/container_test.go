@@ -59,7 +59,7 @@ func TestContainerImage(t *testing.T) {
 	// with the version and revision set at link time.
 	ctx := t.TempDir()
 	build := exec.Command("go", "build", "-trimpath", "-buildvcs=false",
-		"-ldflags", "-s -w -X github.com/image-rebase/image-rebase/version.Version="+toolVersion+" -X github.com/image-rebase/image-rebase/version.Revision="+toolRevision,
+		"-ldflags", "-s -w -X github.com/image-rebase/image-rebase/internal/version.Version="+toolVersion+" -X github.com/image-rebase/image-rebase/internal/version.Revision="+toolRevision,
 		"-o", filepath.Join(ctx, "image-rebase"), "../cmd/image-rebase")
 	build.Env = append(os.Environ(), "CGO_ENABLED=0")
 	if out, err := build.CombinedOutput(); err != nil {

@@ -5,7 +5,7 @@ package main
 import (
 	"os"
 
-	"github.com/image-rebase/image-rebase/cli"
+	"github.com/image-rebase/image-rebase/internal/cli"
 )
 
 func main() {
