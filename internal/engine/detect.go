@@ -111,53 +111,16 @@ func rebaseDetectedIn(ctx context.Context, req Request, target WritableRepo, img
 			session.Cancel(context.WithoutCancel(ctx))
 		}
 	}
-	// The old base by digest is optional: without it the boundary comes
-	// from the image's history, and the reasons say why.
-	missing := ""
-	switch {
-	case errors.Is(oldErr, ErrNotFound):
-		missing = "is gone from the registry"
-	case oldErr != nil:
-		missing = "could not be read (" + oldErr.Error() + ")"
-	}
 	if err := firstError(nwErr, sessionErr); err != nil {
 		cancel()
 		return nil, err
 	}
-	// The tag the image names has moved on and the old base is not known
-	// by digest: look for it among the base repository's tags.
-	var found string
-	if old == nil && !rebase.OnBase(img.image, nw) {
-		if old, found, err = searchOldBase(ctx, choice, img.image, p, resolve, r); err != nil {
-			cancel()
-			return nil, err
-		}
-	}
-
-	dec, err := choice.Decide(basedetect.Input{Image: img.image, New: nw, Old: old, OldMissing: missing, OldFound: found})
-	if err != nil {
-		cancel()
-		return nil, err
-	}
-	nb, err := rebase.BaseFromImage(nw)
-	if err != nil {
-		cancel()
-		return nil, err
-	}
-	nb.Name = newLoc.String()
-	if w := backwards(choice, old, nw); w != nil {
-		dec.Warnings = append(dec.Warnings, *w)
-	}
-	label, relabel, warning := detectedLabel(req, choice, img.image)
-	plan, err := rebase.New(rebase.Input{Image: img.image, Old: dec.Old, New: nb, BaseLabel: label, Relabel: relabel})
+	dec, plan, err := planDetected(ctx, req, choice, img.image, p, nw, old, oldErr, newLoc, r)
 	if err != nil {
 		cancel()
 		return nil, err
 	}
 	plan.Warnings = append(append([]rebase.Warning{}, dec.Warnings...), plan.Warnings...)
-	if warning != nil && !plan.UpToDate {
-		plan.Warnings = append(plan.Warnings, *warning)
-	}
 	req.To = newLoc
 	res, err := apply(ctx, req, plan, session, r)
 	if err != nil || res.Action != Rebased {
@@ -327,39 +290,11 @@ func rebaseDetectedIndex(ctx context.Context, req Request, target WritableRepo, 
 		if nwErr != nil {
 			return fmt.Errorf("platform %s: %w", w.name, nwErr)
 		}
-		missing := ""
-		switch {
-		case errors.Is(oldErr, ErrNotFound):
-			missing = "is gone from the registry"
-		case oldErr != nil:
-			missing = "could not be read (" + oldErr.Error() + ")"
-		}
-		var found string
-		if old == nil && !rebase.OnBase(app, nw) {
-			var err error
-			if old, found, err = searchOldBase(ctx, choice, app, p, resolve, r); err != nil {
-				return err
-			}
-		}
-		dec, err := choice.Decide(basedetect.Input{Image: app, New: nw, Old: old, OldMissing: missing, OldFound: found})
+		dec, plan, err := planDetected(ctx, req, choice, app, p, nw, old, oldErr, newLoc, r)
 		if err != nil {
 			return fmt.Errorf("platform %s: %w", w.name, err)
 		}
-		if bw := backwards(choice, old, nw); bw != nil {
-			dec.Warnings = append(dec.Warnings, *bw)
-		}
-		nb, err := rebase.BaseFromImage(nw)
-		if err != nil {
-			return err
-		}
-		nb.Name = newLoc.String()
-		label, relabel, warning := detectedLabel(req, choice, app)
-		if w.plan, err = rebase.New(rebase.Input{Image: app, Old: dec.Old, New: nb, BaseLabel: label, Relabel: relabel}); err != nil {
-			return fmt.Errorf("platform %s: %w", w.name, err)
-		}
-		if warning != nil && !w.plan.UpToDate {
-			w.plan.Warnings = append(w.plan.Warnings, *warning)
-		}
+		w.plan = plan
 		w.detection = dec
 		return nil
 	})
@@ -419,4 +354,53 @@ func registryError(err error) string {
 		return s[i+2:]
 	}
 	return s
+}
+
+// planDetected places the boundary of app (platform p) by choice and plans
+// its move onto nw: the old base read by digest (old, or oldErr when that
+// read failed), else looked for among the base's tags, else derived from
+// the image (basedetect.Choice.Decide); then the label that names the base
+// (detectedLabel). The plan's warnings include the label's; the decision's
+// are the caller's to report. newLoc names the new base for the result's
+// annotations.
+func planDetected(ctx context.Context, req Request, choice *basedetect.Choice, app *manifest.Image, p v1.Platform, nw, old *manifest.Image, oldErr error, newLoc Location, r *run) (*basedetect.Decision, *rebase.Plan, error) {
+	// The old base by digest is optional: without it the boundary comes
+	// from the image's history, and the reasons say why.
+	missing := ""
+	switch {
+	case errors.Is(oldErr, ErrNotFound):
+		missing = "is gone from the registry"
+	case oldErr != nil:
+		missing = "could not be read (" + oldErr.Error() + ")"
+	}
+	// The tag the image names has moved on and the old base is not known
+	// by digest: look for it among the base repository's tags.
+	var found string
+	if old == nil && !rebase.OnBase(app, nw) {
+		var err error
+		if old, found, err = searchOldBase(ctx, choice, app, p, req.Detect.resolve, r); err != nil {
+			return nil, nil, err
+		}
+	}
+	dec, err := choice.Decide(basedetect.Input{Image: app, New: nw, Old: old, OldMissing: missing, OldFound: found})
+	if err != nil {
+		return nil, nil, err
+	}
+	if w := backwards(choice, old, nw); w != nil {
+		dec.Warnings = append(dec.Warnings, *w)
+	}
+	nb, err := rebase.BaseFromImage(nw)
+	if err != nil {
+		return nil, nil, err
+	}
+	nb.Name = newLoc.String()
+	label, relabel, warning := detectedLabel(req, choice, app)
+	plan, err := rebase.New(rebase.Input{Image: app, Old: dec.Old, New: nb, BaseLabel: label, Relabel: relabel})
+	if err != nil {
+		return nil, nil, err
+	}
+	if warning != nil && !plan.UpToDate {
+		plan.Warnings = append(plan.Warnings, *warning)
+	}
+	return dec, plan, nil
 }
