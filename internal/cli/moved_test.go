@@ -12,6 +12,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/types"
 
 	"github.com/image-rebase/image-rebase/internal/manifest"
+	"github.com/image-rebase/image-rebase/internal/proxytest"
 	ti "github.com/image-rebase/image-rebase/internal/testimage"
 )
 
@@ -439,4 +440,34 @@ func TestLabelNotFirst(t *testing.T) {
 			t.Fatal("written")
 		}
 	})
+}
+
+// Looking among a multi-platform base's tags reads each tag's index and
+// the platform image's manifest, and a config only for the one found: the
+// other tags' configs are not read.
+func TestTagSearchOnIndexBasesReadsNoOtherConfigs(t *testing.T) {
+	reg := startRegistry(t)
+	proxy := proxytest.Start(reg.Host)
+	defer proxy.Close()
+	h := "http://" + proxy.Host()
+	idx := func(b v1.Image) v1.ImageIndex {
+		return mutate.AppendManifests(mutate.IndexMediaType(empty.Index, types.OCIImageIndex),
+			mutate.IndexAddendum{Add: b, Descriptor: v1.Descriptor{Platform: &v1.Platform{OS: "linux", Architecture: "amd64"}}})
+	}
+	b1 := bkBase(t, "1", "/bin", "/")
+	reg.PushIndex(t, "base:1", idx(b1))
+	for _, v := range []string{"0", "x", "y"} {
+		reg.PushIndex(t, "base:"+v, idx(bkBase(t, v, "/bin", "/")))
+	}
+	reg.PushIndex(t, "base:stable", idx(bkBase(t, "2", "/bin", "/")))
+	reg.Push(t, "app:1", bkApp(t, b1, "base:stable", "/bin"))
+	proxy.Reset()
+	res := runJSON(t, h, "app:1")
+	if res.Action != "rebased" || !anyContains(res.Detect.Reasons, "found among the tags of "+proxy.Host()+"/base: 1 (") {
+		t.Fatalf("result %+v", res)
+	}
+	// Configs: the image's, base:stable's platform image's, base:1's.
+	if n := proxy.Stats().ByClass["blob"]; n != 3 {
+		t.Errorf("%d blob reads, want 3 configs\n%s", n, logOf(proxy))
+	}
 }

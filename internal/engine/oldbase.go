@@ -9,7 +9,6 @@ import (
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 
 	"github.com/image-rebase/image-rebase/internal/manifest"
-	"github.com/image-rebase/image-rebase/internal/platform"
 )
 
 // TagLister is implemented by repositories that can list their tags. It is
@@ -154,9 +153,11 @@ func readCandidate(ctx context.Context, repo Repo, tag string, p v1.Platform, r 
 	if err != nil {
 		return nil, nil
 	}
-	ci, err := r.bases().get(ctx, repo, child.Digest, fmt.Sprintf("%s:%s [%s]", repo.Name(), tag, platform.String(*child.Platform)))
-	if err != nil {
+	// The platform image's manifest only: its config is read when its
+	// layers leave the match open, or when it is the one found.
+	cd, err := r.base(ctx, Location{Repo: repo, Digest: child.Digest.String()})
+	if err != nil || cd.kind != manifest.KindImage {
 		return nil, nil
 	}
-	return ci, func() error { return nil }
+	return cd.image, func() error { return cd.config(ctx) }
 }
