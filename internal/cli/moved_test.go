@@ -471,3 +471,27 @@ func TestTagSearchOnIndexBasesReadsNoOtherConfigs(t *testing.T) {
 		t.Errorf("%d blob reads, want 3 configs\n%s", n, logOf(proxy))
 	}
 }
+
+// The old base's tag may hold a copy compressed otherwise (skopeo
+// --dest-compress-format zstd): its diff_ids match the image's.
+func TestTagSearchFindsARecompressedOldBase(t *testing.T) {
+	reg := startRegistry(t)
+	h := "http://" + reg.Host
+	base := func(v string, c ti.Compression) v1.Image {
+		return build(t, nil, bkStep(ti.Copy("COPY os /etc/os # buildkit", map[string]string{"etc/os": "version " + v}).Compressed(c)),
+			bkStep(ti.Env("PATH=/usr/local/bin:/bin")), bkStep(ti.Workdir("/srv"+v)))
+	}
+	b1 := base("1", ti.Gzip)
+	reg.Push(t, "base:0", base("0", ti.Zstd))
+	reg.Push(t, "base:1-zstd", base("1", ti.Zstd)) // the old base, re-compressed
+	reg.Push(t, "base:stable", base("2", ti.Gzip))
+	a := bkApp(t, b1, "base:stable", "/usr/local/bin:/bin")
+	reg.Push(t, "app:1", a)
+	res := runJSON(t, h, "app:1")
+	if res.Action != "rebased" || !anyContains(res.Detect.Reasons, "found among the tags of "+reg.Ref("base")+": 1-zstd") {
+		t.Fatalf("result %+v", res)
+	}
+	if wd := configOf(t, reg.Image(t, "app:1")).Config.WorkingDir; wd != "/srv2" {
+		t.Errorf("WORKDIR %q, want the new base's (the old base's config was read)", wd)
+	}
+}

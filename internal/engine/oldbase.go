@@ -72,62 +72,73 @@ func oldBaseByTags(ctx context.Context, repo Repo, skip string, img *manifest.Im
 		layers int
 		match  bool
 	}
+	// Each tag's manifest (for an index, its platform image's), matched by
+	// layer digest.
 	var mu sync.Mutex
 	byDigest := map[v1.Hash][]string{} // image digest → tags
 	cands := map[v1.Hash]*found{}
-	configs := 0
-	sem := make(chan struct{}, tagSearchParallel)
-	var wg sync.WaitGroup
-	for _, tag := range tags {
-		wg.Go(func() {
-			sem <- struct{}{}
-			defer func() { <-sem }()
-			f, config := readCandidate(ctx, repo, tag, p, r)
-			if f == nil {
-				return // a tag that cannot be read, or has no such platform, is not the base
-			}
-			n := len(f.Manifest.Layers)
-			if n == 0 || n > len(img.Manifest.Layers) || (layers > 0 && n > layers) {
-				return
-			}
-			match := slices.EqualFunc(f.Manifest.Layers, img.Manifest.Layers[:n], func(a, b v1.Descriptor) bool { return a.Digest == b.Digest })
-			dg := f.Descriptor.Digest
-			mu.Lock()
-			byDigest[dg] = append(byDigest[dg], tag)
-			_, seen := cands[dg]
-			check := !seen && !match && configs < maxConfigsByTag
-			if !seen {
-				cands[dg] = &found{img: f, config: config, layers: n, match: match}
-			}
-			if check {
-				configs++
-			}
-			mu.Unlock()
-			if !check {
-				return
-			}
-			// Layer digests differ (another compression?): the diff_ids decide.
-			if err := config(); err != nil {
-				return
-			}
-			if slices.Equal(f.Config.RootFS.DiffIDs, img.Config.RootFS.DiffIDs[:min(n, len(img.Config.RootFS.DiffIDs))]) {
-				mu.Lock()
-				cands[dg].match = true
-				mu.Unlock()
-			}
-		})
+	each := func(n int, do func(i int)) {
+		sem := make(chan struct{}, tagSearchParallel)
+		var wg sync.WaitGroup
+		for i := range n {
+			wg.Go(func() {
+				sem <- struct{}{}
+				defer func() { <-sem }()
+				do(i)
+			})
+		}
+		wg.Wait()
 	}
-	wg.Wait()
-
+	each(len(tags), func(i int) {
+		f, config := readCandidate(ctx, repo, tags[i], p, r)
+		if f == nil {
+			return // a tag that cannot be read, or has no such platform, is not the base
+		}
+		n := len(f.Manifest.Layers)
+		if n == 0 || n > len(img.Manifest.Layers) || (layers > 0 && n > layers) {
+			return
+		}
+		match := slices.EqualFunc(f.Manifest.Layers, img.Manifest.Layers[:n], func(a, b v1.Descriptor) bool { return a.Digest == b.Digest })
+		dg := f.Descriptor.Digest
+		mu.Lock()
+		defer mu.Unlock()
+		byDigest[dg] = append(byDigest[dg], tags[i])
+		if _, seen := cands[dg]; !seen {
+			cands[dg] = &found{img: f, config: config, layers: n, match: match}
+		}
+	})
 	// The longest match: with layers given, one of exactly that many if
 	// any, else a shorter one (the caller decides what that means).
-	var best *found
+	longest := func() *found {
+		var best *found
+		for _, f := range cands {
+			if f.match && (best == nil || f.layers > best.layers || (f.layers == best.layers && f.img.Descriptor.Digest.String() < best.img.Descriptor.Digest.String())) {
+				best = f
+			}
+		}
+		return best
+	}
+	// Candidates that would beat the match by digest (or there is none)
+	// but whose blobs differ, maybe compressed otherwise: their diff_ids
+	// decide, read for the longest first, at most maxConfigsByTag.
+	best := longest()
+	var open []*found
 	for _, f := range cands {
-		if f.match && (best == nil || f.layers > best.layers || (f.layers == best.layers && f.img.Descriptor.Digest.String() < best.img.Descriptor.Digest.String())) {
-			best = f
+		if !f.match && (best == nil || f.layers > best.layers) {
+			open = append(open, f)
 		}
 	}
-	if best == nil {
+	slices.SortFunc(open, func(a, b *found) int { return b.layers - a.layers })
+	open = open[:min(len(open), maxConfigsByTag)]
+	each(len(open), func(i int) {
+		f := open[i]
+		if f.config() == nil && slices.Equal(f.img.Config.RootFS.DiffIDs, img.Config.RootFS.DiffIDs[:min(f.layers, len(img.Config.RootFS.DiffIDs))]) {
+			mu.Lock()
+			f.match = true
+			mu.Unlock()
+		}
+	})
+	if best = longest(); best == nil {
 		return m, nil
 	}
 	m.tags = slices.Sorted(slices.Values(byDigest[best.img.Descriptor.Digest]))
