@@ -396,7 +396,7 @@ func TestBaseAnnotationsOfAnIndexBase(t *testing.T) {
 	}
 	reg.PushIndex(t, "base:2", idx(b3))
 	res := runJSON(t, h, "app:1")
-	if res.Action != "rebased" || res.Detect.Method != "annotation" || res.Detect.OldBaseDigest != b2d.String() {
+	if res.Action != "rebased" || res.Detect.Method != "annotation" || res.Detect.OldBaseDigest != b2d.String() || res.NewBase.Ref != reg.Ref("base:2") {
 		t.Fatalf("second rebase by the annotations: %+v", res)
 	}
 	checkLayers(t, reg, "app:1", b3, a, 1)

@@ -37,6 +37,14 @@ type Base struct {
 	RawHistory []json.RawMessage
 }
 
+// Reference is the base's reference as a registry serves it: Name, or Ref.
+func (b *Base) Reference() string {
+	if b.Name != "" {
+		return b.Name
+	}
+	return b.Ref
+}
+
 // BaseFromImage takes a whole image as a base.
 func BaseFromImage(img *manifest.Image) (*Base, error) {
 	hist, err := RawHistory(img.RawConfig)

@@ -162,7 +162,7 @@ func New(in Input) (*Plan, error) {
 		ImageDescriptor: img.Descriptor,
 		ImageManifest:   img.RawManifest,
 		OldBase:         BaseRef{Ref: old.Ref, Digest: old.Digest, Layers: len(old.Layers)},
-		NewBase:         BaseRef{Ref: nw.Ref, Digest: nw.Digest, Layers: len(nw.Layers)},
+		NewBase:         BaseRef{Ref: nw.Reference(), Digest: nw.Digest, Layers: len(nw.Layers)},
 		Removed:         img.Manifest.Layers[:len(old.Layers)],
 		Added:           nw.Layers,
 		Kept:            img.Manifest.Layers[len(old.Layers):],
@@ -459,10 +459,7 @@ func (p *Plan) manifest(img *manifest.Image, nw *Base) error {
 		if m.Annotations == nil {
 			m.Annotations = map[string]string{}
 		}
-		m.Annotations[manifest.BaseNameAnnotation] = nw.Ref
-		if nw.Name != "" {
-			m.Annotations[manifest.BaseNameAnnotation] = nw.Name
-		}
+		m.Annotations[manifest.BaseNameAnnotation] = nw.Reference()
 		if nw.Digest != (v1.Hash{}) {
 			m.Annotations[manifest.BaseDigestAnnotation] = nw.Digest.String()
 		}
